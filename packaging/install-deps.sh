@@ -11,7 +11,7 @@ build_pkgs=(
 test_pkgs=(
   python3 python3-venv python3-pip python3-setuptools python3-distributed
   skopeo umoci oci-image-tool docker-registry bubblewrap busybox-static
-  zstd pigz curl jq
+  python3-jsonschema zstd pigz curl jq
 )
 
 want=("${build_pkgs[@]}")

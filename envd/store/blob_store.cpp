@@ -1,0 +1,2 @@
+// placeholder
+#include "envd/store/blob_store.hpp"
