@@ -1,2 +1,50 @@
-// placeholder
+// BlobStore conveniences (put, read_all) written once over the virtual primitives, so every store
+// gets them with the same verification and error context.
 #include "envd/store/blob_store.hpp"
+
+namespace envd::store {
+
+Result<void> BlobStore::put(const oci::Digest& digest, std::string_view data) {
+  auto context = "put " + digest.str();
+  auto writer = begin_write();
+  if (!writer) return writer.error().with_context(context);
+  if (auto r = (*writer)->write(data); !r) return r.error().with_context(context);
+  if (auto r = (*writer)->commit(digest, data.size()); !r) return r.error().with_context(context);
+  return {};
+}
+
+Result<oci::Digest> BlobStore::put(std::string_view data) {
+  // Hashing here and again in the writer costs a second pass over memory; it keeps the writer
+  // the single place where verification happens.
+  oci::Digest digest = oci::sha256_of(data);
+  ENVD_TRY_VOID(put(digest, data));
+  return digest;
+}
+
+Result<std::string> BlobStore::read_all(const oci::Digest& digest) const {
+  auto context = "read " + digest.str();
+  auto reader = open(digest);
+  if (!reader) return reader.error().with_context(context);
+  std::string out;
+  out.resize(static_cast<std::size_t>((*reader)->size()));
+  std::size_t filled = 0;
+  while (filled < out.size()) {
+    auto n = (*reader)->read(out.data() + filled, out.size() - filled);
+    if (!n) return n.error().with_context(context);
+    if (*n == 0) break;
+    filled += *n;
+  }
+  out.resize(filled);
+  // The reader's end is its 0-byte read, not size(): keep reading so a reader that reports a
+  // wrong size still yields exactly its bytes.
+  char tail[4096];
+  for (;;) {
+    auto n = (*reader)->read(tail, sizeof tail);
+    if (!n) return n.error().with_context(context);
+    if (*n == 0) break;
+    out.append(tail, *n);
+  }
+  return out;
+}
+
+}  // namespace envd::store

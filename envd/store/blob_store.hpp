@@ -26,7 +26,8 @@ class BlobWriter {
   // Verifies the bytes written hash to `expected` (and have `expected_size` bytes when given),
   // then makes the blob visible. Committing content that is already present succeeds.
   // Errors: digest_mismatch / invalid_argument (size) with nothing made visible; io.
-  // The writer cannot be used after commit, whatever the outcome.
+  // The writer cannot be used after commit, whatever the outcome: later calls fail with
+  // failed_precondition.
   virtual Result<void> commit(const oci::Digest& expected,
                               std::optional<std::uint64_t> expected_size = std::nullopt) = 0;
 };

@@ -1,2 +1,322 @@
-// placeholder
-#include "envd/store/blob_store.hpp"
+// FsBlobStore: ingest file -> hash while writing -> verify -> fchmod 0444 -> fsync -> rename into
+// blobs/sha256 -> fsync the directory, after containerd's local content store
+// (plugins/content/local/writer.go).
+#include "envd/store/fs_blob_store.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "envd/util/atomic_file.hpp"
+#include "envd/util/log.hpp"
+
+namespace envd::store {
+namespace {
+
+constexpr std::size_t k_read_buffer_size = 64 * 1024;
+
+std::string random_name() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < 16; ++i) s += k_hex[rng() % 16];
+  return s;
+}
+
+// flock(LOCK_EX | extra_flags), retried on EINTR. Returns 0 or -1 with errno set.
+int lock_exclusive(int fd, int extra_flags) {
+  for (;;) {
+    int rc = ::flock(fd, LOCK_EX | extra_flags);
+    if (rc == 0 || errno != EINTR) return rc;
+  }
+}
+
+class FsBlobWriter : public BlobWriter {
+ public:
+  FsBlobWriter(int fd, std::filesystem::path ingest_path, std::filesystem::path blobs_dir)
+      : m_fd(fd), m_ingest_path(std::move(ingest_path)), m_blobs_dir(std::move(blobs_dir)) {}
+  ~FsBlobWriter() override { discard(); }
+  FsBlobWriter(const FsBlobWriter&) = delete;
+  FsBlobWriter& operator=(const FsBlobWriter&) = delete;
+
+  Result<void> write(std::string_view data) override {
+    if (m_fd < 0) return Error(ErrorCode::failed_precondition, "write to a finished blob writer");
+    m_hash.update(data);
+    m_written += data.size();
+    while (!data.empty()) {
+      ssize_t n = ::write(m_fd, data.data(), data.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        auto e = Error::from_errno("write " + m_ingest_path.string(), errno);
+        // The file's content is now unknown; a retry could only commit the wrong bytes.
+        discard();
+        return e;
+      }
+      data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return {};
+  }
+
+  std::uint64_t written() const override { return m_written; }
+
+  Result<void> commit(const oci::Digest& expected,
+                      std::optional<std::uint64_t> expected_size) override {
+    if (m_fd < 0) return Error(ErrorCode::failed_precondition, "commit of a finished blob writer");
+    if (expected_size && *expected_size != m_written) {
+      discard();
+      return Error(ErrorCode::invalid_argument, "size mismatch for " + expected.str() +
+                                                    ": expected " + std::to_string(*expected_size) +
+                                                    " bytes, got " + std::to_string(m_written));
+    }
+    oci::Digest actual = m_hash.finish();
+    if (actual != expected) {
+      discard();
+      return Error(ErrorCode::digest_mismatch,
+                   "digest mismatch: expected " + expected.str() + ", got " + actual.str());
+    }
+    std::filesystem::path target = m_blobs_dir / std::string(expected.hex());
+    struct stat st {};
+    if (::lstat(target.c_str(), &st) == 0) {
+      // Same digest, same bytes: a concurrent or earlier writer already published them.
+      discard();
+      return {};
+    }
+    auto fail = [&](std::string_view what) -> Result<void> {
+      auto e = Error::from_errno(std::string(what) + " " + m_ingest_path.string(), errno);
+      discard();
+      return e;
+    };
+    if (::fchmod(m_fd, 0444) != 0) return fail("fchmod");
+    if (::fsync(m_fd) != 0) return fail("fsync");
+    // rename() replaces a blob another writer published since the lstat above; both hold the same
+    // verified bytes, and readers keep the inode they opened, so this race is harmless.
+    if (::rename(m_ingest_path.c_str(), target.c_str()) != 0) return fail("rename into place");
+    // Closing after the rename keeps the flock until the ingest name is gone (see create()).
+    ::close(m_fd);
+    m_fd = -1;
+    if (auto r = fsync_directory(m_blobs_dir); !r) {
+      return r.error().with_context("commit " + expected.str());
+    }
+    return {};
+  }
+
+ private:
+  void discard() {
+    if (m_fd < 0) return;
+    ::unlink(m_ingest_path.c_str());
+    ::close(m_fd);
+    m_fd = -1;
+  }
+
+  int m_fd;
+  std::filesystem::path m_ingest_path;
+  std::filesystem::path m_blobs_dir;
+  oci::Sha256 m_hash;
+  std::uint64_t m_written = 0;
+};
+
+class FsBlobReader : public BlobReader {
+ public:
+  FsBlobReader(int fd, std::uint64_t size, std::filesystem::path path)
+      : m_fd(fd), m_size(size), m_path(std::move(path)) {}
+  ~FsBlobReader() override { ::close(m_fd); }
+  FsBlobReader(const FsBlobReader&) = delete;
+  FsBlobReader& operator=(const FsBlobReader&) = delete;
+
+  Result<std::size_t> read(char* buffer, std::size_t size) override {
+    if (m_begin == m_end) {
+      // Large requests bypass the buffer: copying through it would only cost time.
+      if (size >= m_buffer.size()) return read_some(buffer, size);
+      auto n = read_some(m_buffer.data(), m_buffer.size());
+      if (!n) return n;
+      m_begin = 0;
+      m_end = *n;
+    }
+    std::size_t n = std::min(size, m_end - m_begin);
+    std::memcpy(buffer, m_buffer.data() + m_begin, n);
+    m_begin += n;
+    return n;
+  }
+
+  std::uint64_t size() const override { return m_size; }
+
+ private:
+  Result<std::size_t> read_some(char* buffer, std::size_t size) {
+    for (;;) {
+      ssize_t n = ::read(m_fd, buffer, size);
+      if (n >= 0) return static_cast<std::size_t>(n);
+      if (errno != EINTR) return Error::from_errno("read " + m_path.string(), errno);
+    }
+  }
+
+  int m_fd;
+  std::uint64_t m_size;
+  std::filesystem::path m_path;
+  std::vector<char> m_buffer = std::vector<char>(k_read_buffer_size);
+  std::size_t m_begin = 0;
+  std::size_t m_end = 0;
+};
+
+// Removes every ingest file no live writer holds. A writer flock()s its file for its whole life,
+// so a file we can lock belongs to a writer that died. We unlink while holding the lock; a writer
+// that created the file but had not yet locked it sees st_nlink == 0 and starts over.
+Result<void> remove_stale_ingest(const std::filesystem::path& ingest_dir) {
+  DIR* dir = ::opendir(ingest_dir.c_str());
+  if (dir == nullptr) return Error::from_errno("open directory " + ingest_dir.string(), errno);
+  std::vector<std::string> names;
+  errno = 0;
+  while (dirent* entry = ::readdir(dir)) {
+    std::string_view name = entry->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return Error::from_errno("read directory " + ingest_dir.string(), err);
+  for (const auto& name : names) {
+    std::filesystem::path path = ingest_dir / name;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+      if (errno == ENOENT) continue;  // committed or discarded meanwhile
+      // A symlink or something unopenable is not a writer's file: nobody can hold it.
+      if (errno != ELOOP) return Error::from_errno("open stale ingest " + path.string(), errno);
+    } else {
+      struct stat st {};
+      bool is_dir = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+      if (is_dir || lock_exclusive(fd, LOCK_NB) != 0) {
+        ::close(fd);  // a directory (not ours to delete) or a live writer's file
+        continue;
+      }
+    }
+    int rc = ::unlink(path.c_str());
+    int unlink_err = errno;
+    if (fd >= 0) ::close(fd);
+    if (rc != 0 && unlink_err != ENOENT) {
+      return Error::from_errno("remove stale ingest " + path.string(), unlink_err);
+    }
+    if (rc == 0) log::info("store", "removed stale ingest file", {{"path", path.string()}});
+  }
+  return {};
+}
+
+}  // namespace
+
+FsBlobStore::FsBlobStore(std::filesystem::path root)
+    : m_root(std::move(root)),
+      m_blobs_dir(m_root / "blobs" / "sha256"),
+      m_ingest_dir(m_root / "ingest") {}
+
+Result<std::unique_ptr<FsBlobStore>> FsBlobStore::create(const std::filesystem::path& root) {
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(root, ec);
+  if (ec) return Error::from_errno("resolve store root " + root.string(), ec.value());
+  std::unique_ptr<FsBlobStore> store(new FsBlobStore(abs.lexically_normal()));
+  for (const auto& dir : {store->m_blobs_dir, store->m_ingest_dir}) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return Error::from_errno("create directory " + dir.string(), ec.value());
+  }
+  if (auto r = remove_stale_ingest(store->m_ingest_dir); !r) {
+    return r.error().with_context("open blob store " + store->m_root.string());
+  }
+  return store;
+}
+
+bool FsBlobStore::contains(const oci::Digest& digest) const {
+  struct stat st {};
+  return ::lstat(path_of(digest)->c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+Result<std::uint64_t> FsBlobStore::size(const oci::Digest& digest) const {
+  auto path = *path_of(digest);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0)
+    return Error::from_errno("stat blob " + path.string(), errno);
+  if (!S_ISREG(st.st_mode)) return Error(ErrorCode::io, "blob " + path.string() + " is not a file");
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+Result<std::unique_ptr<BlobWriter>> FsBlobStore::begin_write() {
+  // A name collision (EEXIST) or losing a race with create()'s cleanup (st_nlink == 0) is retried
+  // with a fresh name; either happening repeatedly means something else is wrong.
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    std::filesystem::path path = m_ingest_dir / random_name();
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      return Error::from_errno("create ingest file " + path.string(), errno);
+    }
+    struct stat st {};
+    if (lock_exclusive(fd, 0) != 0 || ::fstat(fd, &st) != 0) {
+      auto e = Error::from_errno("lock ingest file " + path.string(), errno);
+      ::unlink(path.c_str());
+      ::close(fd);
+      return e;
+    }
+    if (st.st_nlink == 0) {
+      ::close(fd);
+      continue;
+    }
+    return std::unique_ptr<BlobWriter>(std::make_unique<FsBlobWriter>(fd, path, m_blobs_dir));
+  }
+  return Error(ErrorCode::io, "create ingest file in " + m_ingest_dir.string() + ": no free name");
+}
+
+Result<std::unique_ptr<BlobReader>> FsBlobStore::open(const oci::Digest& digest) const {
+  auto path = *path_of(digest);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return Error::from_errno("open blob " + path.string(), errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    auto e = Error::from_errno("stat blob " + path.string(), errno);
+    ::close(fd);
+    return e;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Error(ErrorCode::io, "blob " + path.string() + " is not a file");
+  }
+  return std::unique_ptr<BlobReader>(
+      std::make_unique<FsBlobReader>(fd, static_cast<std::uint64_t>(st.st_size), path));
+}
+
+Result<void> FsBlobStore::remove(const oci::Digest& digest) {
+  auto path = *path_of(digest);
+  // No directory fsync: a removal lost in a crash leaves a valid blob behind, never a bad one.
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Error::from_errno("remove blob " + path.string(), errno);
+  }
+  return {};
+}
+
+Result<std::vector<oci::Digest>> FsBlobStore::list() const {
+  DIR* dir = ::opendir(m_blobs_dir.c_str());
+  if (dir == nullptr) return Error::from_errno("open directory " + m_blobs_dir.string(), errno);
+  std::vector<oci::Digest> out;
+  errno = 0;
+  while (dirent* entry = ::readdir(dir)) {
+    // Ingest never happens here, so anything not named like a digest is foreign: skip it.
+    if (auto d = oci::Digest::parse(std::string("sha256:") + entry->d_name)) out.push_back(*d);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return Error::from_errno("read directory " + m_blobs_dir.string(), err);
+  return out;
+}
+
+std::optional<std::filesystem::path> FsBlobStore::path_of(const oci::Digest& digest) const {
+  // Safe as a path component: Digest guarantees 64 lowercase hex digits.
+  return m_blobs_dir / std::string(digest.hex());
+}
+
+}  // namespace envd::store

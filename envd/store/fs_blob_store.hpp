@@ -1,0 +1,42 @@
+// FsBlobStore: the on-disk content-addressed blob store. Blobs live at root/blobs/sha256/<hex>
+// (read-only, fsynced); writes go to root/ingest/<random> and appear only by verified rename.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "envd/store/blob_store.hpp"
+
+namespace envd::store {
+
+// Thread-safe, and safe for several processes sharing one root: ingest files are flock()ed by
+// their writer, so only abandoned ones are ever removed. Writers and readers do not refer back to
+// the store and may outlive it. Using a writer after commit() gives failed_precondition.
+class FsBlobStore : public BlobStore {
+ public:
+  // Opens (creating if needed) a store at `root` and removes ingest files left by writers that
+  // died (crash, kill) before committing. Errors: not_found / permission_denied / io naming the
+  // directory that could not be created or cleaned.
+  static Result<std::unique_ptr<FsBlobStore>> create(const std::filesystem::path& root);
+
+  bool contains(const oci::Digest& digest) const override;
+  Result<std::uint64_t> size(const oci::Digest& digest) const override;
+  Result<std::unique_ptr<BlobWriter>> begin_write() override;
+  Result<std::unique_ptr<BlobReader>> open(const oci::Digest& digest) const override;
+  Result<void> remove(const oci::Digest& digest) override;
+  // Names in blobs/sha256 that are not 64 lowercase hex digits are ignored.
+  Result<std::vector<oci::Digest>> list() const override;
+  // root/blobs/sha256/<hex>, whether or not the blob is present.
+  std::optional<std::filesystem::path> path_of(const oci::Digest& digest) const override;
+
+  const std::filesystem::path& root() const { return m_root; }
+
+ private:
+  explicit FsBlobStore(std::filesystem::path root);
+
+  std::filesystem::path m_root;
+  std::filesystem::path m_blobs_dir;
+  std::filesystem::path m_ingest_dir;
+};
+
+}  // namespace envd::store
