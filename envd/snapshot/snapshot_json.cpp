@@ -87,7 +87,8 @@ json stable_json(const Snapshot& s) {
 // --- reading -------------------------------------------------------------------------------
 
 Error bad(const std::string& where, const std::string& why) {
-  return Error(ErrorCode::invalid_argument, "snapshot " + where + ": " + why);
+  return Error(ErrorCode::invalid_argument,
+               "snapshot " + (where.empty() ? std::string("/") : where) + ": " + why);
 }
 
 Result<std::string> get_string(const json& j, const char* key, const std::string& where,
