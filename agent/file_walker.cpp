@@ -1,1 +1,252 @@
-// placeholder: implemented in a following commit
+// Parallel directory walk: a shared queue of directories, N workers each reading one directory
+// with getdents and lstat-ing its entries relative to the directory fd (fstatat), which avoids
+// re-resolving long paths for every file.
+#include "agent/file_walker.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace envd::agent {
+namespace {
+
+std::int64_t to_ns(const timespec& ts) {
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+StatKey key_of(const struct stat& st) {
+  return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                 static_cast<std::uint64_t>(st.st_size), to_ns(st.st_mtim), to_ns(st.st_ctim)};
+}
+
+std::string read_link_at(int dirfd, const char* name, std::size_t size_hint) {
+  std::string buf(std::max<std::size_t>(size_hint, 64) + 1, '\0');
+  for (;;) {
+    ssize_t n = ::readlinkat(dirfd, name, buf.data(), buf.size());
+    if (n < 0) return {};
+    if (static_cast<std::size_t>(n) < buf.size()) {
+      buf.resize(static_cast<std::size_t>(n));
+      return buf;
+    }
+    buf.resize(buf.size() * 2);
+  }
+}
+
+// Fills `out` from one stat result; returns false for types the snapshot does not carry.
+bool fill(WalkedFile& out, const struct stat& st, int dirfd, const char* name) {
+  out.mode = st.st_mode & 07777;
+  out.key = key_of(st);
+  if (S_ISREG(st.st_mode)) {
+    out.type = snapshot::FileType::regular;
+    return true;
+  }
+  if (S_ISLNK(st.st_mode)) {
+    out.type = snapshot::FileType::symlink;
+    out.key.size = 0;
+    out.target = read_link_at(dirfd, name, static_cast<std::size_t>(st.st_size));
+    return true;
+  }
+  return false;
+}
+
+class TreeWalker {
+ public:
+  TreeWalker(std::filesystem::path root, Diagnostics& diagnostics)
+      : m_root(std::move(root)), m_diagnostics(diagnostics) {}
+
+  std::vector<WalkedFile> run(unsigned threads) {
+    m_queue.push_back("");
+    m_pending = 1;
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < threads; ++i) pool.emplace_back([this] { work(); });
+    work();
+    for (auto& t : pool) t.join();
+    std::vector<WalkedFile> all;
+    std::size_t total = 0;
+    for (auto& part : m_parts) total += part.size();
+    all.reserve(total);
+    for (auto& part : m_parts) std::move(part.begin(), part.end(), std::back_inserter(all));
+    std::sort(all.begin(), all.end(),
+              [](const WalkedFile& a, const WalkedFile& b) { return a.path < b.path; });
+    return all;
+  }
+
+ private:
+  void work() {
+    std::vector<WalkedFile> local;
+    std::vector<std::string> subdirs;
+    for (;;) {
+      std::string dir;
+      {
+        std::unique_lock lock(m_mutex);
+        m_cv.wait(lock, [&] { return !m_queue.empty() || m_pending == 0; });
+        if (m_queue.empty()) break;
+        dir = std::move(m_queue.front());
+        m_queue.pop_front();
+      }
+      subdirs.clear();
+      read_directory(dir, local, subdirs);
+      {
+        std::lock_guard lock(m_mutex);
+        for (auto& s : subdirs) m_queue.push_back(std::move(s));
+        m_pending += subdirs.size();
+        --m_pending;
+      }
+      m_cv.notify_all();
+    }
+    std::lock_guard lock(m_mutex);
+    m_parts.push_back(std::move(local));
+  }
+
+  void read_directory(const std::string& rel, std::vector<WalkedFile>& out,
+                      std::vector<std::string>& subdirs) {
+    std::filesystem::path abs = rel.empty() ? m_root : m_root / rel;
+    int fd = ::open(abs.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      m_diagnostics.warn(abs.string(), "cannot read directory, skipped: " +
+                                           std::string(std::strerror(errno)));
+      return;
+    }
+    DIR* d = ::fdopendir(fd);
+    if (d == nullptr) {
+      ::close(fd);
+      return;
+    }
+    while (dirent* e = ::readdir(d)) {
+      std::string_view name(e->d_name);
+      if (name == "." || name == "..") continue;
+      std::string child = rel.empty() ? std::string(name) : rel + "/" + std::string(name);
+      if (!is_valid_utf8(name)) {
+        m_diagnostics.warn((m_root / escape_path(child)).string(),
+                           "file name is not valid UTF-8, skipped");
+        continue;
+      }
+      if (e->d_type == DT_DIR) {
+        subdirs.push_back(std::move(child));
+        continue;
+      }
+      struct stat st {};
+      if (::fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT)  // vanished between readdir and stat: nothing to record
+          m_diagnostics.warn((m_root / child).string(),
+                             "cannot stat, skipped: " + std::string(std::strerror(errno)));
+        continue;
+      }
+      if (S_ISDIR(st.st_mode)) {  // filesystems that report DT_UNKNOWN
+        subdirs.push_back(std::move(child));
+        continue;
+      }
+      WalkedFile f;
+      if (!fill(f, st, fd, e->d_name)) {
+        m_diagnostics.warn((m_root / child).string(),
+                           "not a regular file or symlink (FIFO, socket or device), skipped");
+        continue;
+      }
+      f.path = std::move(child);
+      out.push_back(std::move(f));
+    }
+    ::closedir(d);
+  }
+
+  std::filesystem::path m_root;
+  Diagnostics& m_diagnostics;
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<std::string> m_queue;
+  std::size_t m_pending = 0;  // directories queued or being read
+  std::vector<std::vector<WalkedFile>> m_parts;
+};
+
+}  // namespace
+
+bool is_valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
+    }
+    if (len == 2 && c < 0xc2) return false;  // overlong
+    i += len;
+  }
+  return true;
+}
+
+std::string escape_path(std::string_view path) {
+  std::string out;
+  std::size_t i = 0;
+  while (i < path.size()) {
+    // Keep valid UTF-8 sequences; escape bytes that do not start one.
+    for (std::size_t len = 1; len <= 4 && i + len <= path.size(); ++len) {
+      if (is_valid_utf8(path.substr(i, len))) {
+        out.append(path.substr(i, len));
+        i += len;
+        goto next;
+      }
+    }
+    {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(path[i]));
+      out += buf;
+      ++i;
+    }
+  next:;
+  }
+  return out;
+}
+
+Result<std::vector<WalkedFile>> walk_tree(const std::filesystem::path& root,
+                                          const WalkOptions& options, Diagnostics& diagnostics) {
+  struct stat st {};
+  if (::stat(root.c_str(), &st) != 0) return Error::from_errno("walk " + root.string(), errno);
+  if (!S_ISDIR(st.st_mode))
+    return Error(ErrorCode::invalid_argument, root.string() + " is not a directory");
+  unsigned threads = options.threads != 0 ? options.threads
+                                          : std::max(2u, std::thread::hardware_concurrency());
+  return TreeWalker(root, diagnostics).run(threads);
+}
+
+std::vector<WalkedFile> stat_paths(const std::filesystem::path& root,
+                                   const std::vector<std::string>& paths, Diagnostics& diagnostics) {
+  std::vector<WalkedFile> out;
+  out.reserve(paths.size());
+  int rootfd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (rootfd < 0) {
+    diagnostics.warn(root.string(), "cannot open directory: " + std::string(std::strerror(errno)));
+    return out;
+  }
+  for (const auto& p : paths) {
+    struct stat st {};
+    if (::fstatat(rootfd, p.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      diagnostics.warn((root / p).string(), "cannot stat, skipped: " + std::string(std::strerror(errno)));
+      continue;
+    }
+    if (S_ISDIR(st.st_mode)) continue;
+    WalkedFile f;
+    if (!fill(f, st, rootfd, p.c_str())) {
+      diagnostics.warn((root / p).string(),
+                       "not a regular file or symlink (FIFO, socket or device), skipped");
+      continue;
+    }
+    f.path = p;
+    out.push_back(std::move(f));
+  }
+  ::close(rootfd);
+  std::sort(out.begin(), out.end(),
+            [](const WalkedFile& a, const WalkedFile& b) { return a.path < b.path; });
+  return out;
+}
+
+}  // namespace envd::agent

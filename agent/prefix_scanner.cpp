@@ -1,1 +1,206 @@
-// placeholder: implemented in a following commit
+// Matching package records against the files on disk. Ownership: the first record that claims a
+// path owns it; conda records are read before pip's, and a pip dist-info whose RECORD conda lists
+// is conda's own (conda's rule for telling pip-installed packages apart).
+#include "agent/prefix_scanner.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "agent/conda_meta.hpp"
+#include "agent/pip_metadata.hpp"
+#include "agent/python_install.hpp"
+
+namespace envd::agent {
+namespace {
+
+using snapshot::Environment;
+using snapshot::EnvironmentKind;
+using snapshot::FileEntry;
+using snapshot::FileType;
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+FileEntry to_entry(const WalkedFile& w, const std::optional<oci::Digest>& digest) {
+  FileEntry e;
+  e.path = w.path;
+  e.type = w.type;
+  e.mode = w.mode;
+  if (w.type == FileType::regular) {
+    e.size = w.key.size;
+    e.digest = digest;
+  } else {
+    e.target = w.target;
+  }
+  return e;
+}
+
+// Reads the package records of a prefix: conda-meta first, then each site-packages directory.
+Result<std::vector<PackageRecord>> read_records(const std::filesystem::path& prefix,
+                                                EnvironmentKind kind, bool with_site_packages,
+                                                Diagnostics& diagnostics) {
+  std::vector<PackageRecord> records;
+  std::unordered_set<std::string> conda_files;
+  if (kind == EnvironmentKind::conda) {
+    ENVD_TRY(records, read_conda_meta(prefix, diagnostics));
+    for (const auto& r : records)
+      for (const auto& p : r.paths) conda_files.insert(p);
+  }
+  if (!with_site_packages) return records;
+  for (const auto& site : site_packages_dirs(prefix)) {
+    ENVD_TRY(auto pip, read_site_packages(prefix, site, diagnostics));
+    for (auto& r : pip) {
+      bool conda_owned = std::any_of(r.paths.begin(), r.paths.end(), [&](const std::string& p) {
+        return p.ends_with("/RECORD") && conda_files.count(p) != 0;
+      });
+      if (!conda_owned) records.push_back(std::move(r));
+    }
+  }
+  return records;
+}
+
+// Hashes `files` and distributes them over `records`; what no record claims is unowned.
+Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
+                      std::vector<PackageRecord>& records, ScanContext& ctx) {
+  const std::filesystem::path prefix(env.prefix);
+  std::vector<HashJob> jobs;
+  for (auto& f : files) {
+    if (f.type == FileType::regular) jobs.push_back(HashJob{prefix / f.path, &f, std::nullopt});
+  }
+  ENVD_TRY_VOID(hash_files(jobs, ctx.cache, ctx.hash_options, ctx.progress));
+  std::unordered_map<const WalkedFile*, const oci::Digest*> digest_of;
+  digest_of.reserve(jobs.size());
+  for (const auto& j : jobs) digest_of.emplace(j.file, &*j.digest);
+  auto digest_for = [&](const WalkedFile& f) -> std::optional<oci::Digest> {
+    auto it = digest_of.find(&f);
+    return it == digest_of.end() ? std::nullopt : std::optional<oci::Digest>(*it->second);
+  };
+
+  std::unordered_map<std::string_view, std::size_t> by_path;
+  by_path.reserve(files.size());
+  for (std::size_t i = 0; i < files.size(); ++i) by_path.emplace(files[i].path, i);
+  std::vector<int> owner(files.size(), -1);
+  for (std::size_t r = 0; r < records.size(); ++r) {
+    std::size_t missing = 0;
+    std::string first_missing;
+    for (const auto& p : records[r].paths) {
+      auto it = by_path.find(p);
+      if (it == by_path.end()) {
+        if (missing++ == 0) first_missing = p;
+        continue;
+      }
+      if (owner[it->second] < 0) owner[it->second] = static_cast<int>(r);
+    }
+    if (missing > 0 && !env.partial) {
+      ctx.diagnostics.warn((prefix / records[r].record_path).string(),
+                           records[r].meta.name + " " + records[r].meta.version + ": " +
+                               std::to_string(missing) + " recorded file(s) missing, e.g. " +
+                               first_missing);
+    }
+  }
+
+  std::vector<snapshot::Package> packages(records.size());
+  for (std::size_t r = 0; r < records.size(); ++r) packages[r] = records[r].meta;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    auto entry = to_entry(files[i], digest_for(files[i]));
+    if (owner[i] < 0) {
+      env.unowned.push_back(std::move(entry));
+      continue;
+    }
+    auto& rec = records[static_cast<std::size_t>(owner[i])];
+    auto& pkg = packages[static_cast<std::size_t>(owner[i])];
+    if (auto it = rec.expected.find(entry.path);
+        it != rec.expected.end() && entry.digest && !(*entry.digest == it->second)) {
+      pkg.modified.push_back(entry.path);
+    }
+    pkg.files.push_back(std::move(entry));
+  }
+  std::stable_sort(packages.begin(), packages.end(), [](const auto& a, const auto& b) {
+    auto la = lower(a.name), lb = lower(b.name);
+    if (la != lb) return la < lb;
+    return a.manager < b.manager;
+  });
+  env.packages = std::move(packages);
+  return {};
+}
+
+std::string canonical_string(const std::filesystem::path& p) {
+  std::error_code ec;
+  auto c = std::filesystem::canonical(p, ec);
+  return (ec ? p : c).string();
+}
+
+// The part of `base` a venv needs (DESIGN.md §2: "the base interpreter a venv points to").
+Result<Environment> scan_partial(const std::filesystem::path& base, bool with_site_packages,
+                                 ScanContext& ctx) {
+  Environment env;
+  auto kind = detect_environment_kind(base);
+  env.kind = kind ? *kind : EnvironmentKind::prefix;
+  if (env.kind == EnvironmentKind::venv) env.kind = EnvironmentKind::prefix;
+  env.prefix = base.string();
+  env.name = base.filename().string();
+  env.python_version = python_version_of(base);
+  env.partial = true;
+  ENVD_TRY(auto paths, base_interpreter_paths(base, with_site_packages, ctx.diagnostics));
+  auto files = stat_paths(base, paths, ctx.diagnostics);
+  ENVD_TRY(auto records, read_records(base, EnvironmentKind::prefix, with_site_packages,
+                                      ctx.diagnostics));
+  ENVD_TRY_VOID(assemble(env, files, records, ctx));
+  return env;
+}
+
+}  // namespace
+
+bool is_system_prefix(const std::filesystem::path& prefix) {
+  return prefix == "/usr" || prefix == "/usr/local" || prefix == "/";
+}
+
+Result<std::vector<Environment>> scan_environment(const std::filesystem::path& prefix_in,
+                                                  ScanContext& ctx) {
+  auto context = [&](const Error& e) { return e.with_context("scan " + prefix_in.string()); };
+  auto kind = detect_environment_kind(prefix_in);
+  if (!kind) return kind.error();
+  const std::filesystem::path prefix = canonical_string(prefix_in);
+  if (is_system_prefix(prefix)) {
+    // A system interpreter (Debian's /usr/bin/python3): capture its part of /usr, not all of it.
+    auto env = scan_partial(prefix, true, ctx);
+    if (!env) return context(env.error());
+    return std::vector<Environment>{std::move(*env)};
+  }
+
+  Environment env;
+  env.kind = *kind;
+  env.prefix = prefix.string();
+  env.name = prefix.filename().string();
+  env.python_version = python_version_of(prefix);
+  std::vector<Environment> out;
+  std::optional<std::filesystem::path> base;
+  if (env.kind == EnvironmentKind::venv) {
+    auto cfg = read_pyvenv_cfg(prefix);
+    if (!cfg) return context(cfg.error());
+    env.system_site_packages = cfg->include_system_site_packages;
+    auto b = base_prefix_of(prefix, *cfg);
+    if (!b) return context(b.error());
+    base = *b;
+    env.base_prefix = b->string();
+  }
+  auto files = walk_tree(prefix, ctx.walk_options, ctx.diagnostics);
+  if (!files) return context(files.error());
+  auto records = read_records(prefix, env.kind, true, ctx.diagnostics);
+  if (!records) return context(records.error());
+  if (auto r = assemble(env, *files, *records, ctx); !r) return context(r.error());
+  out.push_back(std::move(env));
+  if (base) {
+    auto base_env = scan_partial(*base, out.front().system_site_packages, ctx);
+    if (!base_env) return base_env.error().with_context("scan base interpreter " + base->string());
+    out.push_back(std::move(*base_env));
+  }
+  return out;
+}
+
+}  // namespace envd::agent

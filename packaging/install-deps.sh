@@ -4,14 +4,14 @@
 set -euo pipefail
 
 build_pkgs=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git python3
   libgit2-dev libarchive-dev libcpp-httplib-dev libssl-dev libsqlite3-dev
   libyaml-cpp-dev doctest-dev nlohmann-json3-dev libzstd-dev libcli11-dev
 )
 test_pkgs=(
-  python3 python3-venv python3-pip python3-setuptools python3-distributed
+  python3-venv python3-pip python3-setuptools python3-distributed
   skopeo umoci oci-image-tool docker-registry bubblewrap busybox-static
-  python3-jsonschema zstd pigz curl jq
+  python3-jsonschema zstd pigz curl jq bc time
 )
 
 want=("${build_pkgs[@]}")

@@ -1,0 +1,80 @@
+// Resolution of default prefix, source tree and state directory.
+#include "envd/cli/defaults.hpp"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+extern char** environ;
+
+namespace envd::cli {
+namespace {
+
+std::optional<std::string> env_var(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+// Runs python3 on PATH to print sys.prefix; nullopt when there is no python3 or it fails.
+std::optional<std::string> python_sys_prefix() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  const char* argv[] = {"python3", "-I", "-c", "import sys; print(sys.prefix)", nullptr};
+  pid_t pid = 0;
+  int rc = ::posix_spawnp(&pid, "python3", &actions, nullptr, const_cast<char**>(argv), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  std::string out;
+  if (rc == 0) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  if (rc != 0) return std::nullopt;
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (out.empty()) return std::nullopt;
+  return out;
+}
+
+}  // namespace
+
+Result<std::filesystem::path> default_prefix() {
+  if (auto p = env_var("CONDA_PREFIX")) return std::filesystem::path(*p);
+  if (auto p = env_var("VIRTUAL_ENV")) return std::filesystem::path(*p);
+  if (auto p = python_sys_prefix()) return std::filesystem::path(*p);
+  return Error(ErrorCode::not_found,
+               "no active environment: CONDA_PREFIX and VIRTUAL_ENV are unset and there is no "
+               "python3 on PATH; name one with --prefix DIR");
+}
+
+std::optional<std::filesystem::path> enclosing_work_tree(const std::filesystem::path& dir) {
+  std::error_code ec;
+  auto p = std::filesystem::absolute(dir, ec);
+  if (ec) return std::nullopt;
+  for (;;) {
+    if (std::filesystem::exists(p / ".git", ec)) return p;
+    if (p == p.root_path() || p.empty()) return std::nullopt;
+    p = p.parent_path();
+  }
+}
+
+std::filesystem::path envd_home() {
+  if (auto h = env_var("ENVD_HOME")) return *h;
+  if (auto home = env_var("HOME")) return std::filesystem::path(*home) / ".local/share/envd";
+  return std::filesystem::path("/tmp/envd-home");
+}
+
+}  // namespace envd::cli
