@@ -31,22 +31,22 @@ struct Hashed {
   StatKey key;
 };
 
-Result<Hashed> hash_stable(const std::filesystem::path& path) {
+Result<Hashed> hash_stable(const std::string& path) {
   for (int attempt = 0; attempt < k_max_attempts; ++attempt) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
     if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return Error::from_errno("read " + path.string(), errno);
+    if (fd < 0) return Error::from_errno("read " + path, errno);
     struct stat before {}, after {};
     if (::fstat(fd, &before) != 0) {
       int err = errno;
       ::close(fd);
-      return Error::from_errno("stat " + path.string(), err);
+      return Error::from_errno("stat " + path, err);
     }
     if (!S_ISREG(before.st_mode)) {
       ::close(fd);
-      return Error(ErrorCode::failed_precondition, path.string() + " is no longer a regular file");
+      return Error(ErrorCode::failed_precondition, path + " is no longer a regular file");
     }
-    auto hashed = oci::sha256_fd(fd, path.string());
+    auto hashed = oci::sha256_fd(fd, path);
     bool same = ::fstat(fd, &after) == 0 && key_of(before) == key_of(after);
     ::close(fd);
     if (!hashed) return hashed.error();
@@ -54,65 +54,62 @@ Result<Hashed> hash_stable(const std::filesystem::path& path) {
       return Hashed{hashed->digest, key_of(after)};
   }
   return Error(ErrorCode::failed_precondition,
-               path.string() + " kept changing while it was read (" +
+               path + " kept changing while it was read (" +
                    std::to_string(k_max_attempts) +
                    " attempts); stop the program writing it or exclude it with .envdignore");
 }
 
 }  // namespace
 
-Result<void> hash_files(std::vector<HashJob>& jobs, StatCache& cache, const HashOptions& options,
-                        HashProgress& progress) {
-  for (const auto& j : jobs) {
-    progress.files_total += 1;
-    progress.bytes_total += j.file->key.size;
-  }
+Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFile>& files,
+                        StatCache& cache, const HashOptions& options, HashProgress& progress) {
+  const std::string root_str = root.string();
+  ENVD_TRY(const StatCacheRoot* cached, cache.root(root_str));
   // Cache hits first, on this thread: lookups are cheap and leave only real work to the pool.
-  std::vector<std::size_t> misses;
-  for (std::size_t i = 0; i < jobs.size(); ++i) {
-    auto& j = jobs[i];
-    if (auto d = cache.lookup(j.abs_path.string(), j.file->key)) {
-      j.digest = *d;
+  std::vector<WalkedFile*> misses;
+  std::size_t regular = 0;
+  for (auto& f : files) {
+    if (f.type != snapshot::FileType::regular) continue;
+    ++regular;
+    progress.files_total += 1;
+    progress.bytes_total += f.key.size;
+    if (auto d = cached->lookup(f.path, f.key)) {
+      f.digest = *d;
       progress.files_done += 1;
-      progress.bytes_done += j.file->key.size;
+      progress.bytes_done += f.key.size;
     } else {
-      misses.push_back(i);
+      misses.push_back(&f);
     }
   }
   // Largest first so one big file does not finish last on an otherwise idle pool.
-  std::sort(misses.begin(), misses.end(), [&](std::size_t a, std::size_t b) {
-    return jobs[a].file->key.size > jobs[b].file->key.size;
-  });
+  std::sort(misses.begin(), misses.end(),
+            [](const WalkedFile* a, const WalkedFile* b) { return a->key.size > b->key.size; });
 
   std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
   std::mutex mutex;
   std::optional<Error> first_error;
-  std::vector<std::pair<std::size_t, StatKey>> done;  // job index, verified key
   auto worker = [&] {
-    std::vector<std::pair<std::size_t, StatKey>> local;
-    for (;;) {
-      std::size_t k = next.fetch_add(1);
-      if (k >= misses.size()) break;
-      {
-        std::lock_guard lock(mutex);
-        if (first_error) break;
-      }
-      auto& j = jobs[misses[k]];
-      auto r = hash_stable(j.abs_path);
+    std::string path = root_str + "/";
+    const std::size_t base = path.size();
+    for (std::size_t k; !failed.load() && (k = next.fetch_add(1)) < misses.size();) {
+      WalkedFile& f = *misses[k];
+      path.resize(base);
+      path += f.path;
+      auto r = hash_stable(path);
       if (!r) {
         std::lock_guard lock(mutex);
         if (!first_error) first_error = r.error();
+        failed = true;
         break;
       }
-      j.digest = r->digest;
-      local.emplace_back(misses[k], r->key);
+      f.digest = r->digest;
+      f.key = r->key;  // the stat the digest belongs to (may be newer than the walk's)
       progress.files_done += 1;
       progress.bytes_done += r->key.size;
       progress.files_hashed += 1;
       progress.bytes_hashed += r->key.size;
     }
-    std::lock_guard lock(mutex);
-    done.insert(done.end(), local.begin(), local.end());
   };
   unsigned threads = options.threads != 0 ? options.threads
                                           : std::max(1u, std::thread::hardware_concurrency());
@@ -123,11 +120,22 @@ Result<void> hash_files(std::vector<HashJob>& jobs, StatCache& cache, const Hash
   for (auto& t : pool) t.join();
   if (first_error) return *first_error;
 
-  for (const auto& [index, key] : done) {
-    auto& j = jobs[index];
-    j.file->key = key;  // the stat the digest belongs to (may be newer than the walk's)
-    if (std::max(key.mtime_ns, key.ctime_ns) < options.racy_after_ns)
-      cache.record(j.abs_path.string(), key, *j.digest);
+  // Rewrite the root's entries only when they changed: a warm run then writes nothing.
+  bool racy_left_out = false;
+  std::vector<StatCacheRoot::Entry> entries;
+  entries.reserve(regular);
+  for (const auto& f : files) {
+    if (f.type != snapshot::FileType::regular) continue;
+    if (std::max(f.key.mtime_ns, f.key.ctime_ns) >= options.racy_after_ns) {
+      racy_left_out = true;
+      continue;
+    }
+    entries.push_back({f.path, f.key, *f.digest});
+  }
+  if (!misses.empty() || racy_left_out || entries.size() != cached->size()) {
+    std::sort(entries.begin(), entries.end(),
+              [](const auto& a, const auto& b) { return a.path < b.path; });
+    cache.replace(root_str, entries);
   }
   return {};
 }

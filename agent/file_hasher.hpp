@@ -27,12 +27,6 @@ struct HashProgress {
   std::atomic<std::uint64_t> bytes_hashed{0};
 };
 
-struct HashJob {
-  std::filesystem::path abs_path;
-  WalkedFile* file = nullptr;  // regular file; key/size updated if it changed since the walk
-  std::optional<oci::Digest> digest;
-};
-
 struct HashOptions {
   unsigned threads = 0;  // 0: one per core
   // Files whose mtime or ctime is at or after this (ns since the epoch) are hashed but not
@@ -41,11 +35,12 @@ struct HashOptions {
   std::int64_t racy_after_ns = std::numeric_limits<std::int64_t>::max();
 };
 
-// Fills every job's digest, from the cache or by reading the file (O_NOFOLLOW). Records new
-// digests in `cache` (the caller saves it). Errors: the first failure, naming the file:
-// permission_denied/not_found/io when unreadable, failed_precondition when it kept changing while
-// being read.
-Result<void> hash_files(std::vector<HashJob>& jobs, StatCache& cache, const HashOptions& options,
-                        HashProgress& progress);
+// Sets `digest` on every regular file in `files` (paths relative to `root`), from the cache or by
+// reading the file (O_NOFOLLOW); a file read now gets its verified stat in `key`. Then replaces
+// the cache's entries for `root` with these files (racy ones left out); the caller saves it.
+// Errors: the first failure, naming the file: permission_denied/not_found/io when unreadable,
+// failed_precondition when it kept changing while being read.
+Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFile>& files,
+                        StatCache& cache, const HashOptions& options, HashProgress& progress);
 
 }  // namespace envd::agent

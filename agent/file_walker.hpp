@@ -4,10 +4,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "agent/diagnostics.hpp"
+#include "envd/oci/digest.hpp"
 #include "envd/snapshot/snapshot.hpp"
 #include "envd/util/error.hpp"
 
@@ -29,7 +31,8 @@ struct WalkedFile {
   snapshot::FileType type = snapshot::FileType::regular;
   std::uint32_t mode = 0;  // permission bits
   StatKey key;
-  std::string target;  // symlink target
+  std::string target;                 // symlink target
+  std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files)
 };
 
 struct WalkOptions {

@@ -12,6 +12,7 @@
 #include "agent/conda_meta.hpp"
 #include "agent/pip_metadata.hpp"
 #include "agent/python_install.hpp"
+#include "envd/util/phase_timer.hpp"
 
 namespace envd::agent {
 namespace {
@@ -26,16 +27,16 @@ std::string lower(std::string s) {
   return s;
 }
 
-FileEntry to_entry(const WalkedFile& w, const std::optional<oci::Digest>& digest) {
+FileEntry to_entry(WalkedFile&& w) {
   FileEntry e;
-  e.path = w.path;
+  e.path = std::move(w.path);
   e.type = w.type;
   e.mode = w.mode;
   if (w.type == FileType::regular) {
     e.size = w.key.size;
-    e.digest = digest;
+    e.digest = w.digest;
   } else {
-    e.target = w.target;
+    e.target = std::move(w.target);
   }
   return e;
 }
@@ -68,19 +69,11 @@ Result<std::vector<PackageRecord>> read_records(const std::filesystem::path& pre
 Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
                       std::vector<PackageRecord>& records, ScanContext& ctx) {
   const std::filesystem::path prefix(env.prefix);
-  std::vector<HashJob> jobs;
-  for (auto& f : files) {
-    if (f.type == FileType::regular) jobs.push_back(HashJob{prefix / f.path, &f, std::nullopt});
+  {
+    log::PhaseTimer t("snapshot", "hash");
+    ENVD_TRY_VOID(hash_files(prefix, files, ctx.cache, ctx.hash_options, ctx.progress));
   }
-  ENVD_TRY_VOID(hash_files(jobs, ctx.cache, ctx.hash_options, ctx.progress));
-  std::unordered_map<const WalkedFile*, const oci::Digest*> digest_of;
-  digest_of.reserve(jobs.size());
-  for (const auto& j : jobs) digest_of.emplace(j.file, &*j.digest);
-  auto digest_for = [&](const WalkedFile& f) -> std::optional<oci::Digest> {
-    auto it = digest_of.find(&f);
-    return it == digest_of.end() ? std::nullopt : std::optional<oci::Digest>(*it->second);
-  };
-
+  log::PhaseTimer t("snapshot", "assemble");
   std::unordered_map<std::string_view, std::size_t> by_path;
   by_path.reserve(files.size());
   for (std::size_t i = 0; i < files.size(); ++i) by_path.emplace(files[i].path, i);
@@ -105,9 +98,10 @@ Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
   }
 
   std::vector<snapshot::Package> packages(records.size());
-  for (std::size_t r = 0; r < records.size(); ++r) packages[r] = records[r].meta;
+  for (std::size_t r = 0; r < records.size(); ++r) packages[r] = std::move(records[r].meta);
+  by_path.clear();  // its keys view the paths moved out below
   for (std::size_t i = 0; i < files.size(); ++i) {
-    auto entry = to_entry(files[i], digest_for(files[i]));
+    auto entry = to_entry(std::move(files[i]));
     if (owner[i] < 0) {
       env.unowned.push_back(std::move(entry));
       continue;
@@ -189,9 +183,15 @@ Result<std::vector<Environment>> scan_environment(const std::filesystem::path& p
     base = *b;
     env.base_prefix = b->string();
   }
-  auto files = walk_tree(prefix, ctx.walk_options, ctx.diagnostics);
+  auto files = [&] {
+    log::PhaseTimer t("snapshot", "walk");
+    return walk_tree(prefix, ctx.walk_options, ctx.diagnostics);
+  }();
   if (!files) return context(files.error());
-  auto records = read_records(prefix, env.kind, true, ctx.diagnostics);
+  auto records = [&] {
+    log::PhaseTimer t("snapshot", "package records");
+    return read_records(prefix, env.kind, true, ctx.diagnostics);
+  }();
   if (!records) return context(records.error());
   if (auto r = assemble(env, *files, *records, ctx); !r) return context(r.error());
   out.push_back(std::move(env));

@@ -14,6 +14,7 @@
 #include "agent/prefix_scanner.hpp"
 #include "agent/source_listing.hpp"
 #include "agent/stat_cache.hpp"
+#include "envd/util/phase_timer.hpp"
 
 namespace envd::agent {
 namespace {
@@ -78,27 +79,24 @@ Result<snapshot::SourceTree> scan_source(const std::filesystem::path& root, snap
     }
   }
   auto files = stat_paths(listing.root, listing.paths, ctx.diagnostics);
-  std::vector<HashJob> jobs;
-  for (auto& f : files)
-    if (f.type == snapshot::FileType::regular) jobs.push_back({listing.root / f.path, &f, {}});
-  ENVD_TRY_VOID(hash_files(jobs, ctx.cache, ctx.hash_options, ctx.progress));
+  ENVD_TRY_VOID(hash_files(listing.root, files, ctx.cache, ctx.hash_options, ctx.progress));
   snapshot::SourceTree tree;
   tree.root = listing.root.string();
   tree.role = role;
   tree.git_commit = listing.git_commit;
   tree.dirty = listing.dirty;
   tree.ignored = listing.ignored;
-  std::size_t j = 0;
-  for (const auto& f : files) {
+  tree.files.reserve(files.size());
+  for (auto& f : files) {
     snapshot::FileEntry e;
-    e.path = f.path;
+    e.path = std::move(f.path);
     e.type = f.type;
     e.mode = f.mode;
     if (f.type == snapshot::FileType::regular) {
       e.size = f.key.size;
-      e.digest = jobs[j++].digest;
+      e.digest = f.digest;
     } else {
-      e.target = f.target;
+      e.target = std::move(f.target);
     }
     tree.files.push_back(std::move(e));
   }
@@ -135,6 +133,7 @@ Result<SnapshotOutcome> take_snapshot(const SnapshotOptions& options, HashProgre
   if (options.state_dir.empty()) {
     cache = StatCache::in_memory();
   } else {
+    log::PhaseTimer t("snapshot", "load stat cache");
     ENVD_TRY(cache, StatCache::open(options.state_dir / "stat-cache.sqlite"));
   }
   HashProgress local_progress;
@@ -182,11 +181,17 @@ Result<SnapshotOutcome> take_snapshot(const SnapshotOptions& options, HashProgre
   std::sort(snap.sources.begin(), snap.sources.end(),
             [](const auto& a, const auto& b) { return a.root < b.root; });
 
-  ENVD_TRY_VOID(cache->save());
+  {
+    log::PhaseTimer t("snapshot", "save stat cache");
+    ENVD_TRY_VOID(cache->save());
+  }
   snap.created = rfc3339_now();
   snap.host = host_name();
   snap.envd_version = options.envd_version;
-  ENVD_TRY(out.digest, snapshot::digest_of(snap));
+  {
+    log::PhaseTimer t("snapshot", "digest");
+    ENVD_TRY(out.digest, snapshot::digest_of(snap));
+  }
   out.files_hashed = ctx.progress.files_hashed.load();
   out.bytes_hashed = ctx.progress.bytes_hashed.load();
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

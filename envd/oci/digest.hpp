@@ -15,7 +15,8 @@
 namespace envd::oci {
 
 // A content digest. Only sha256 is accepted; the hex part is exactly 64 lowercase hex digits, so
-// a Digest is always safe to use as a path component.
+// a Digest is always safe to use as a path component. Stored inline (no heap allocation): a
+// snapshot holds one per file.
 class Digest {
  public:
   // Errors: invalid_argument naming the bad text (wrong algorithm, length, case or characters).
@@ -23,16 +24,19 @@ class Digest {
   // From 32 raw bytes.
   static Digest from_bytes(std::span<const std::uint8_t, 32> bytes);
 
-  const std::string& str() const { return m_text; }         // "sha256:..."
-  std::string_view hex() const { return std::string_view(m_text).substr(7); }
+  static constexpr std::size_t k_text_size = 71;  // "sha256:" + 64 hex
+
+  std::string str() const { return std::string(view()); }  // "sha256:..."
+  std::string_view view() const { return std::string_view(m_text.data(), k_text_size); }
+  std::string_view hex() const { return view().substr(7); }
   std::string_view algorithm() const { return "sha256"; }
 
   friend bool operator==(const Digest&, const Digest&) = default;
   friend auto operator<=>(const Digest&, const Digest&) = default;
 
  private:
-  explicit Digest(std::string text) : m_text(std::move(text)) {}
-  std::string m_text;
+  Digest() = default;
+  std::array<char, k_text_size> m_text{};
 };
 
 // Incremental SHA-256. Not thread-safe; one instance per stream.
@@ -76,6 +80,6 @@ Result<FileDigest> sha256_file(const std::filesystem::path& path);
 template <>
 struct std::hash<envd::oci::Digest> {
   std::size_t operator()(const envd::oci::Digest& d) const noexcept {
-    return std::hash<std::string>{}(d.str());
+    return std::hash<std::string_view>{}(d.view());
   }
 };

@@ -18,7 +18,6 @@ namespace {
 
 struct Hashed {
   std::vector<WalkedFile> files;
-  std::vector<HashJob> jobs;
   std::uint64_t read = 0;
 };
 
@@ -27,12 +26,10 @@ Hashed hash_tree(const std::filesystem::path& root, StatCache& cache,
   Diagnostics diag;
   Hashed h;
   h.files = *walk_tree(root, {}, diag);
-  for (auto& f : h.files)
-    if (f.type == snapshot::FileType::regular) h.jobs.push_back({root / f.path, &f, {}});
   HashProgress progress;
   HashOptions options;
   options.racy_after_ns = racy_after;
-  auto r = hash_files(h.jobs, cache, options, progress);
+  auto r = hash_files(root, h.files, cache, options, progress);
   REQUIRE(r);
   h.read = progress.files_hashed.load();
   return h;
@@ -40,7 +37,7 @@ Hashed hash_tree(const std::filesystem::path& root, StatCache& cache,
 
 }  // namespace
 
-TEST_CASE("entries survive reopening and only match an identical stat key") {
+TEST_CASE("packed entries survive reopening and only match an identical stat key") {
   ScratchDir dir;
   auto db = dir / "state/stat-cache.sqlite";
   StatKey key{1, 2, 3, 4, 5};
@@ -48,21 +45,34 @@ TEST_CASE("entries survive reopening and only match an identical stat key") {
   {
     auto cache = StatCache::open(db);
     REQUIRE(cache);
-    (*cache)->record("/x/a", key, digest);
+    (*cache)->replace("/x", {{"a", key, digest}, {"b/c", key, oci::sha256_of("c")}});
     REQUIRE((*cache)->save());
   }
   auto cache = StatCache::open(db);
   REQUIRE(cache);
-  CHECK((*cache)->size() == 1);
-  REQUIRE((*cache)->lookup("/x/a", key));
-  CHECK(*(*cache)->lookup("/x/a", key) == digest);
+  auto root = (*cache)->root("/x");
+  REQUIRE(root);
+  CHECK((*root)->size() == 2);
+  REQUIRE((*root)->lookup("a", key));
+  CHECK(*(*root)->lookup("a", key) == digest);
+  CHECK(*(*root)->lookup("b/c", key) == oci::sha256_of("c"));
   StatKey newer = key;
   newer.mtime_ns += 1;
-  CHECK_FALSE((*cache)->lookup("/x/a", newer));
+  CHECK_FALSE((*root)->lookup("a", newer));
   StatKey other_inode = key;
   other_inode.ino = 9;
-  CHECK_FALSE((*cache)->lookup("/x/a", other_inode));
-  CHECK_FALSE((*cache)->lookup("/x/b", key));
+  CHECK_FALSE((*root)->lookup("a", other_inode));
+  CHECK_FALSE((*root)->lookup("b", key));
+  CHECK((*(*cache)->root("/elsewhere"))->size() == 0);
+}
+
+TEST_CASE("a damaged packed row is an empty cache, not an error") {
+  auto damaged = StatCacheRoot::unpack("envdsc1");
+  CHECK(damaged.size() == 0);
+  auto packed = StatCacheRoot::pack({{"a", StatKey{1, 2, 3, 4, 5}, oci::sha256_of("x")}});
+  auto truncated = StatCacheRoot::unpack(packed.substr(0, packed.size() - 1));
+  CHECK(truncated.size() == 0);
+  CHECK(StatCacheRoot::unpack(packed).size() == 1);
 }
 
 TEST_CASE("a re-hash reads only the file that changed, and digests match the content") {
@@ -82,8 +92,8 @@ TEST_CASE("a re-hash reads only the file that changed, and digests match the con
   write_file(dir / "tree/d1/f5", "changed");
   auto third = hash_tree(dir / "tree", *reopened);
   CHECK(third.read == 1);
-  for (const auto& j : third.jobs) {
-    CHECK(*j.digest == oci::sha256_file(j.abs_path)->digest);
+  for (const auto& f : third.files) {
+    CHECK(*f.digest == oci::sha256_file(dir / "tree" / f.path)->digest);
   }
 }
 
@@ -108,10 +118,9 @@ TEST_CASE("hashing a file that became a symlink fails naming the file") {
   auto files = *walk_tree(dir / "tree", {}, diag);
   std::filesystem::remove(dir / "tree/a");
   std::filesystem::create_symlink("/etc/passwd", dir / "tree/a");
-  std::vector<HashJob> jobs{{dir / "tree/a", &files[0], {}}};
   auto cache = StatCache::in_memory();
   HashProgress progress;
-  auto r = hash_files(jobs, *cache, {}, progress);
+  auto r = hash_files(dir / "tree", files, *cache, {}, progress);
   REQUIRE_FALSE(r);
   CHECK(r.error().message().find((dir / "tree/a").string()) != std::string::npos);
 }
