@@ -1,0 +1,2 @@
+// placeholder: tests arrive with the implementation
+#include <doctest/doctest.h>
