@@ -1,0 +1,48 @@
+// The reproducible layer writer: a sorted list of files becomes one OCI layer (a pax tar,
+// compressed) committed to a blob store, with the same bytes for the same content on every run.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "builder/content_source.hpp"
+#include "envd/oci/digest.hpp"
+#include "envd/oci/image.hpp"
+#include "envd/store/blob_store.hpp"
+#include "envd/util/error.hpp"
+
+namespace envd::builder {
+
+enum class Compression { zstd, gzip, none };
+
+// The OCI layer media type for a compression (tar, tar+gzip, tar+zstd). Pure.
+std::string_view media_type_for(Compression compression);
+
+struct BuiltLayer {
+  oci::Descriptor blob;                 // media type, digest and size of the committed blob
+  oci::Digest diff_id;                  // sha256 of the uncompressed tar (config rootfs.diff_ids)
+  std::uint64_t uncompressed_size = 0;  // bytes of the uncompressed tar
+  std::uint64_t files = 0;              // entries written (regular files and symlinks)
+};
+
+// Writes `entries` as one reproducible layer into `out`, committed under its digest, and returns
+// its descriptor and diff_id. The tar (pax restricted, as libarchive writes it) holds every
+// ancestor directory once before its children (0755), then the entries in the given order; uid
+// and gid 0 with empty names; modes masked to 0777 (no setuid/setgid/sticky); mtime 0, except a
+// .py whose timestamp-based .pyc is in the same layer, which gets the source mtime recorded in
+// that .pyc so the bytecode stays valid (see layer_writer.cpp). gzip and zstd are produced by
+// zlib and libzstd with fixed parameters, so the blob digest, too, depends only on the content.
+// Hashing and compression happen while streaming: memory stays bounded whatever the layer size
+// (apart from what `out` itself buffers).
+//
+// Errors, with nothing committed: invalid_argument (entries unsorted, duplicated or not
+// normalised; a path that is both a file and a directory; a regular file without digest; an empty
+// symlink target), digest_mismatch naming the file (content differs from entry.digest or
+// entry.size), any error of `content` (not_found naming a missing source, ...), io from `out`.
+//
+// Thread-safe for distinct calls (layers are built in parallel) provided `content` is.
+Result<BuiltLayer> write_layer(const std::vector<LayerEntry>& entries, ContentSource& content,
+                               Compression compression, store::BlobStore& out);
+
+}  // namespace envd::builder
