@@ -1,2 +1,109 @@
-// placeholder: tests arrive with the implementation
+// The layer plan: deterministic, within the layer cap, big packages alone, small ones in stable
+// groups so that changing one package changes exactly one layer.
 #include <doctest/doctest.h>
+
+#include <set>
+
+#include "builder/layer_plan.hpp"
+
+using namespace envd;
+using namespace envd::builder;
+
+namespace {
+
+snapshot::FileEntry file(const std::string& path, std::uint64_t size, const std::string& content) {
+  snapshot::FileEntry f;
+  f.path = path;
+  f.type = snapshot::FileType::regular;
+  f.size = size;
+  f.mode = 0644;
+  f.digest = oci::sha256_of(content);
+  return f;
+}
+
+snapshot::Snapshot make_snapshot(std::size_t small_packages) {
+  snapshot::Snapshot s;
+  s.platform = {"linux", "amd64", "glibc 2.36"};
+  snapshot::Environment env;
+  env.kind = snapshot::EnvironmentKind::venv;
+  env.prefix = "/opt/env";
+  snapshot::Package big;
+  big.name = "numpy";
+  big.version = "1.26";
+  big.files = {file("lib/python3.11/site-packages/numpy/core.so", 20'000'000, "numpy")};
+  env.packages.push_back(big);
+  for (std::size_t i = 0; i < small_packages; ++i) {
+    snapshot::Package p;
+    p.name = "pkg" + std::to_string(i);
+    p.version = "1.0";
+    p.files = {file("lib/python3.11/site-packages/" + p.name + "/__init__.py", 100, p.name)};
+    env.packages.push_back(p);
+  }
+  env.unowned = {file("bin/python3", 1000, "python")};
+  s.environments.push_back(env);
+  snapshot::SourceTree src;
+  src.root = "/home/u/proj";
+  src.files = {file("main.py", 10, "main")};
+  s.sources.push_back(src);
+  return s;
+}
+
+std::map<std::string, std::string> keys(const std::vector<PlannedLayer>& plan) {
+  std::map<std::string, std::string> out;
+  for (const auto& l : plan) out[l.name] = l.key.str();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the plan keeps absolute paths, gives big packages their own layer and is deterministic") {
+  auto snap = make_snapshot(30);
+  auto plan = plan_layers(snap, {});
+  auto again = plan_layers(snap, {});
+  CHECK(keys(plan) == keys(again));
+  std::set<std::string> names;
+  for (const auto& l : plan) names.insert(l.name);
+  CHECK(names.count("pkg:/opt/env:pip:numpy") == 1);
+  CHECK(names.count("unowned:/opt/env") == 1);
+  CHECK(names.count("src:/home/u/proj") == 1);
+  const auto& numpy = *std::find_if(plan.begin(), plan.end(),
+                                    [](const auto& l) { return l.name == "pkg:/opt/env:pip:numpy"; });
+  REQUIRE(numpy.entries.size() == 1);
+  CHECK(numpy.entries[0].path == "opt/env/lib/python3.11/site-packages/numpy/core.so");
+  CHECK(numpy.entries[0].source == "/opt/env/lib/python3.11/site-packages/numpy/core.so");
+  std::size_t files = 0;
+  for (const auto& l : plan) {
+    files += l.entries.size();
+    CHECK(std::is_sorted(l.entries.begin(), l.entries.end(),
+                         [](const auto& a, const auto& b) { return a.path < b.path; }));
+  }
+  CHECK(files == 33);  // numpy + 30 small + python3 + main.py
+}
+
+TEST_CASE("changing one small package changes exactly one layer") {
+  auto snap = make_snapshot(40);
+  auto before = keys(plan_layers(snap, {}));
+  snap.environments[0].packages[7].files[0].digest = oci::sha256_of("changed");
+  auto after = keys(plan_layers(snap, {}));
+  REQUIRE(before.size() == after.size());
+  int differing = 0;
+  for (const auto& [name, key] : before) differing += after.at(name) != key ? 1 : 0;
+  CHECK(differing == 1);
+
+  // A mode change counts as a change; nothing else (e.g. sizes in the snapshot) does on its own.
+  auto snap2 = make_snapshot(40);
+  snap2.environments[0].unowned[0].mode = 0755;
+  auto after2 = keys(plan_layers(snap2, {}));
+  CHECK(after2.at("unowned:/opt/env") != before.at("unowned:/opt/env"));
+}
+
+TEST_CASE("the layer count stays within the cap however many packages there are") {
+  auto snap = make_snapshot(500);
+  PlanOptions options;
+  options.layer_cap = 10;
+  auto plan = plan_layers(snap, options);
+  CHECK(plan.size() + 1 <= 10);  // +1: the snapshot document's layer
+  std::size_t files = 0;
+  for (const auto& l : plan) files += l.entries.size();
+  CHECK(files == 503);
+}
