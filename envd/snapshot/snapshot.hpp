@@ -103,8 +103,9 @@ struct Snapshot {
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };
 
-// Whole document, canonical JSON (sorted keys, no whitespace). Errors: invalid_argument when a
-// string (e.g. a file name) is not valid UTF-8.
+// Whole document, canonical JSON (sorted keys, no whitespace). Errors: invalid_argument naming
+// the JSON location when the snapshot is one parse() would reject: a string (e.g. a file name)
+// that is not valid UTF-8, a regular file without digest, an unsafe or unsorted path, a bad mode.
 Result<std::string> to_json(const Snapshot& snapshot);
 
 // Digest of the canonical JSON without the volatile fields: the builder's build key. The same

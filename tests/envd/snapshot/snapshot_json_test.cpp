@@ -1,10 +1,18 @@
-// Tests for the snapshot JSON form: round trip, canonical output, the digest and its volatile
-// fields, parse's validation with JSON locations, and agreement with schemas/snapshot.schema.json
+// Tests for the snapshot JSON form: round trip, canonical output byte-identical to nlohmann's
+// dump of the tree the writer used to build, the digest and its volatile fields, what the writer
+// refuses, parse's validation with JSON locations, and agreement with schemas/snapshot.schema.json
 // (checked with Debian's python3-jsonschema).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -188,6 +196,303 @@ Snapshot bare_snapshot() {
   return s;
 }
 
+// --- reference: the nlohmann tree builder to_json used before the direct writer -------------
+// Kept verbatim (apart from Digest::view) so the writer's bytes can be compared with it: the
+// snapshot digest is taken over these bytes, so they must never change.
+namespace reference {
+
+using nlohmann::json;
+
+json file_to_json(const FileEntry& f) {
+  json j = {{"path", f.path}, {"mode", f.mode}};
+  if (f.type == FileType::regular) {
+    j["type"] = "file";
+    j["size"] = f.size;
+    j["digest"] = f.digest ? f.digest->str() : std::string();
+  } else {
+    j["type"] = "symlink";
+    j["target"] = f.target;
+  }
+  return j;
+}
+
+json files_to_json(const std::vector<FileEntry>& files) {
+  json arr = json::array();
+  for (const auto& f : files) arr.push_back(file_to_json(f));
+  return arr;
+}
+
+json package_to_json(const Package& p) {
+  json j = {{"name", p.name},
+            {"version", p.version},
+            {"manager", std::string(to_string(p.manager))},
+            {"installer", p.installer},
+            {"requested", p.requested},
+            {"files", files_to_json(p.files)},
+            {"modified", p.modified}};
+  if (p.manager == PackageManager::conda) {
+    j["build"] = p.build;
+    j["channel"] = p.channel;
+    j["subdir"] = p.subdir;
+  }
+  if (!p.direct_url.empty()) j["direct_url"] = p.direct_url;
+  if (p.editable_root) j["editable_root"] = *p.editable_root;
+  return j;
+}
+
+json environment_to_json(const Environment& e) {
+  json pkgs = json::array();
+  for (const auto& p : e.packages) pkgs.push_back(package_to_json(p));
+  json j = {{"kind", std::string(to_string(e.kind))},
+            {"name", e.name},
+            {"prefix", e.prefix},
+            {"python_version", e.python_version},
+            {"system_site_packages", e.system_site_packages},
+            {"partial", e.partial},
+            {"packages", std::move(pkgs)},
+            {"unowned", files_to_json(e.unowned)}};
+  if (e.base_prefix) j["base_prefix"] = *e.base_prefix;
+  return j;
+}
+
+json source_to_json(const SourceTree& s) {
+  json j = {{"root", s.root},
+            {"role", std::string(to_string(s.role))},
+            {"dirty", s.dirty},
+            {"ignored", s.ignored},
+            {"files", files_to_json(s.files)}};
+  if (s.git_commit) j["git_commit"] = *s.git_commit;
+  return j;
+}
+
+json stable_json(const Snapshot& s) {
+  json envs = json::array();
+  for (const auto& e : s.environments) envs.push_back(environment_to_json(e));
+  json srcs = json::array();
+  for (const auto& src : s.sources) srcs.push_back(source_to_json(src));
+  return {
+      {"media_type", std::string(k_media_type)},
+      {"platform", {{"os", s.platform.os}, {"arch", s.platform.arch}, {"libc", s.platform.libc}}},
+      {"environments", std::move(envs)},
+      {"sources", std::move(srcs)}};
+}
+
+// nlohmann's canonical dump; nullopt where it throws (invalid UTF-8).
+std::optional<std::string> dump(const json& j) {
+  try {
+    return j.dump(-1, ' ', false, json::error_handler_t::strict);
+  } catch (const json::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::optional<std::string> to_json(const Snapshot& s) {
+  json j = stable_json(s);
+  j["created"] = s.created;
+  j["host"] = s.host;
+  j["envd_version"] = s.envd_version;
+  return dump(j);
+}
+
+std::optional<std::string> stable_text(const Snapshot& s) {
+  return dump(stable_json(s));
+}
+
+}  // namespace reference
+
+// Names, targets and free-text fields full of what escaping must get right: every control
+// character, quotes, backslashes, DEL, 2-, 3- and 4-byte UTF-8 (up to U+10FFFF), NUL where a
+// field allows it, extreme numbers, empty strings and empty lists.
+Snapshot unusual_snapshot() {
+  std::string controls;
+  for (char c = 1; c < 0x20; ++c) controls += c;
+  Package p;
+  p.name = "na\"me\\";
+  p.version = std::string("1.0\0rc", 6);
+  p.manager = PackageManager::conda;
+  p.build = controls;
+  p.channel = "";
+  p.subdir = "\x7f";
+  p.installer = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf \xef\xbf\xbf";
+  p.direct_url = "https://h/p?q=\"x\"&r=\\\\y";
+  p.editable_root = "/home/\xc3\xa9l\xc3\xa8ve/\"q\"";
+  FileEntry big = regular("a\\b\"c", "", 07777);
+  big.size = std::numeric_limits<std::uint64_t>::max();
+  p.files = {regular(" ", "space", 0), big, regular("bin/\b\f\n\r\t", "ctl"),
+             symlink("bin/\x01\x1f", "../\x7f\"\\\\\n"),
+             regular("\xe2\x82\xac/\xf0\x9f\x98\x80", "u")};
+  std::sort(p.files.begin(), p.files.end(),
+            [](const FileEntry& a, const FileEntry& b) { return a.path < b.path; });
+  p.modified = {"a\\b\"c", "\xe2\x82\xac/\xf0\x9f\x98\x80"};
+
+  Package empty;  // pip, every list empty, every string empty but the name
+  empty.name = "e";
+
+  Environment e;
+  e.kind = EnvironmentKind::venv;
+  e.name = std::string("\0", 1);
+  e.prefix =
+      "/p\\r\"e\xc3\xa9"
+      "fix";
+  e.python_version = "\t";
+  e.base_prefix = "/";
+  e.system_site_packages = true;
+  e.partial = true;
+  e.packages = {p, empty};
+
+  Environment none;  // no packages, no files
+  none.prefix = "/x";
+
+  SourceTree src;
+  src.root = "/s\\\"";
+  src.role = SourceRole::editable;
+  src.git_commit = "";
+  src.dirty = true;
+  src.ignored = {{"", 0},
+                 {"\"q\"", 1},
+                 {"\\\\", 2},
+                 {"\x01", 3},
+                 {"z", std::numeric_limits<std::uint64_t>::max()},
+                 {"\xc3\xa9", 5},
+                 {"\xf0\x9f\x98\x80", 6},
+                 {"\x7f", 7}};
+  src.files = {symlink("l", "\xf0\x9f\x98\x80")};
+
+  SourceTree bare_src;  // no files, nothing ignored
+  bare_src.root = "/t";
+
+  Snapshot s;
+  s.platform = {"\xc3\xa9", "\"", "\\\\"};
+  s.environments = {e, none};
+  s.sources = {src, bare_src};
+  s.created = "\n";
+  s.host = std::string("h\0st\x1f\x7f\xc2\x80", 8);
+  s.envd_version = "";
+  return s;
+}
+
+// A deterministic random snapshot: names drawn from pieces that exercise escaping and UTF-8,
+// files sorted by path as the writer requires, optional fields set at random.
+Snapshot random_snapshot(std::uint32_t seed, std::size_t max_files = 30) {
+  std::mt19937 rng(seed);
+  auto pick = [&](std::size_t n) {
+    return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng);
+  };
+  auto coin = [&] { return pick(2) == 0; };
+  static const std::vector<std::string> k_pieces = {"a",
+                                                    "Z",
+                                                    "0",
+                                                    "-",
+                                                    ".",
+                                                    "_",
+                                                    " ",
+                                                    "\"",
+                                                    "\\\\",
+                                                    "\x01",
+                                                    "\x1f",
+                                                    "\b",
+                                                    "\f",
+                                                    "\n",
+                                                    "\r",
+                                                    "\t",
+                                                    "\x7f",
+                                                    "\xc2\x80",
+                                                    "\xc3\xa9",
+                                                    "\xdf\xbf",
+                                                    "\xe0\xa0\x80",
+                                                    "\xe2\x82\xac",
+                                                    "\xed\x9f\xbf",
+                                                    "\xee\x80\x80",
+                                                    "\xef\xbf\xbf",
+                                                    "\xf0\x90\x80\x80",
+                                                    "\xf0\x9f\x98\x80",
+                                                    "\xf4\x8f\xbf\xbf"};
+  auto text = [&](std::size_t max_pieces) {
+    std::string out;
+    for (std::size_t i = pick(max_pieces + 1); i > 0; --i) out += k_pieces[pick(k_pieces.size())];
+    return out;
+  };
+  auto component = [&] {
+    std::string c;
+    while (c.empty() || c == "." || c == "..") c = text(4);
+    return c;
+  };
+  auto path = [&] {
+    std::string p = component();
+    for (std::size_t i = pick(3); i > 0; --i) p += "/" + component();
+    return p;
+  };
+  auto absolute = [&] { return coin() ? std::string("/") : "/" + path(); };
+  auto files = [&] {
+    std::vector<FileEntry> out;
+    for (std::size_t i = pick(max_files + 1); i > 0; --i) {
+      auto name = path();
+      if (coin()) {
+        auto f = regular(name, text(3), static_cast<std::uint32_t>(pick(07777 + 1)));
+        f.size = rng();
+        out.push_back(std::move(f));
+      } else {
+        auto target = text(5);
+        out.push_back(symlink(name, target.empty() ? "t" : target));
+      }
+    }
+    std::sort(out.begin(), out.end(),
+              [](const FileEntry& a, const FileEntry& b) { return a.path < b.path; });
+    out.erase(std::unique(out.begin(), out.end(),
+                          [](const FileEntry& a, const FileEntry& b) { return a.path == b.path; }),
+              out.end());
+    return out;
+  };
+
+  Snapshot s;
+  s.platform = {text(2), text(2), text(2)};
+  for (std::size_t i = pick(4); i > 0; --i) {
+    Environment e;
+    e.kind = static_cast<EnvironmentKind>(pick(3));
+    e.name = text(3);
+    e.prefix = absolute();
+    e.python_version = text(2);
+    if (coin()) e.base_prefix = absolute();
+    e.system_site_packages = coin();
+    e.partial = coin();
+    for (std::size_t j = pick(4); j > 0; --j) {
+      Package p;
+      p.name = "p" + text(3);
+      p.version = text(2);
+      p.manager = coin() ? PackageManager::conda : PackageManager::pip;
+      if (p.manager == PackageManager::conda) {
+        p.build = text(2);
+        p.channel = text(2);
+        p.subdir = text(2);
+      }
+      p.installer = text(2);
+      p.requested = coin();
+      if (coin()) p.direct_url = text(3);
+      if (coin()) p.editable_root = absolute();
+      p.files = files();
+      for (const auto& f : p.files)
+        if (coin()) p.modified.push_back(f.path);
+      e.packages.push_back(std::move(p));
+    }
+    e.unowned = files();
+    s.environments.push_back(std::move(e));
+  }
+  for (std::size_t i = pick(3); i > 0; --i) {
+    SourceTree src;
+    src.root = absolute();
+    src.role = coin() ? SourceRole::src : SourceRole::editable;
+    if (coin()) src.git_commit = text(2);
+    src.dirty = coin();
+    for (std::size_t j = pick(4); j > 0; --j) src.ignored[text(2)] = rng();
+    src.files = files();
+    s.sources.push_back(std::move(src));
+  }
+  s.created = text(2);
+  s.host = text(2);
+  s.envd_version = text(2);
+  return s;
+}
+
 std::string json_of(const Snapshot& s) {
   auto text = to_json(s);
   REQUIRE(text.has_value());
@@ -206,6 +511,17 @@ std::string replaced(std::string text, std::string_view from, std::string_view t
   REQUIRE_MESSAGE(pos != std::string::npos, "substring not found: " << from);
   text.replace(pos, from.size(), to);
   return text;
+}
+
+// Bytes as \xNN for test messages.
+std::string printable_bytes(std::string_view s) {
+  std::string out;
+  char buf[5];
+  for (unsigned char c : s) {
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+  }
+  return out;
 }
 
 fs::path schema_path() {
@@ -672,7 +988,7 @@ TEST_CASE("schema rejects invalid documents, and so does parse where it checks t
       {"conda package without build", "\"build\":\"h0_0\",", "", "/environments/0/packages/0",
        ParseToo::accepts},
       {"pip package with build", "\"manager\":\"conda\"", "\"manager\":\"pip\"",
-       "/environments/0/packages/0", ParseToo::accepts},
+       "/environments/0/packages/0", ParseToo::rejects},
       {"git_commit not hex", "\"dirty\":false,", "\"dirty\":false,\"git_commit\":\"main\",",
        "/sources/0/git_commit", ParseToo::accepts},
   };
@@ -686,6 +1002,228 @@ TEST_CASE("schema rejects invalid documents, and so does parse where it checks t
     CHECK(results[i].starts_with("invalid " + c.location));
     CHECK(parse(docs[i]).has_value() == (c.parse_too == ParseToo::accepts));
   }
+}
+
+// --- the direct writer against nlohmann's canonical dump ------------------------------------
+
+// The writer's bytes must equal nlohmann's canonical dump twice over: of the tree the old writer
+// built, and of nlohmann's own parse of the writer's output. The digest must be the old one, and
+// parse() must give the snapshot back.
+void check_same_as_nlohmann(const Snapshot& s) {
+  auto text = to_json(s);
+  REQUIRE(text.has_value());
+  auto old_text = reference::to_json(s);
+  REQUIRE(old_text.has_value());
+  CHECK(*text == *old_text);
+  auto redumped = reference::dump(nlohmann::json::parse(*text));
+  REQUIRE(redumped.has_value());
+  CHECK(*text == *redumped);
+
+  auto stable = reference::stable_text(s);
+  REQUIRE(stable.has_value());
+  CHECK(digest_value(s) == oci::sha256_of(*stable));
+
+  auto parsed = parse(*text);
+  REQUIRE(parsed.has_value());
+  CHECK(*parsed == s);
+}
+
+TEST_CASE("to_json and digest_of give the bytes of nlohmann's canonical dump") {
+  SUBCASE("fixtures") {
+    for (const auto& s : {small_snapshot(), rich_snapshot(), bare_snapshot(), unusual_snapshot()})
+      check_same_as_nlohmann(s);
+  }
+  SUBCASE("empty snapshot") {
+    check_same_as_nlohmann(Snapshot{});
+  }
+  SUBCASE("random snapshots") {
+    for (std::uint32_t seed = 1; seed <= 200; ++seed) {
+      CAPTURE(seed);
+      check_same_as_nlohmann(random_snapshot(seed));
+    }
+  }
+  SUBCASE("a snapshot the size of a real environment") {
+    // Tens of thousands of files, as a real prefix has (~50,000); correctness only, no timing.
+    auto s = rich_snapshot();
+    auto& files = s.environments[0].packages[0].files;
+    files.clear();
+    for (int i = 0; i < 20000; ++i) {
+      char name[48];
+      std::snprintf(name, sizeof name, "lib/python3.11/site-packages/m%05d/__init__.py", i);
+      files.push_back(i % 10 == 9 ? symlink(name, "../x") : regular(name, name, 0644));
+    }
+    check_same_as_nlohmann(s);
+  }
+}
+
+TEST_CASE("string escaping and UTF-8 validation agree with nlohmann for every short byte string") {
+  // Every 1- and 2-byte string; 3- and 4-byte strings over every multi-byte lead (E0..EF,
+  // F0..F5) with the second byte across 7F..C0 (every boundary of the allowed ranges) and the
+  // other bytes at the edges of the continuation range. Each goes into a string field, alone and
+  // followed by a quote; the writer must fail exactly when nlohmann's strict dump throws, and
+  // otherwise produce the same bytes.
+  std::vector<std::string> inputs;
+  for (int a = 0; a < 256; ++a) {
+    inputs.push_back(std::string(1, static_cast<char>(a)));
+    for (int b = 0; b < 256; ++b) inputs.push_back({static_cast<char>(a), static_cast<char>(b)});
+  }
+  const unsigned char edges3[] = {0x00, 0x22, 0x41, 0x7f, 0x80, 0x8f,
+                                  0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff};
+  const unsigned char edges4[] = {0x41, 0x80, 0xbf, 0xc0};
+  for (int a = 0xe0; a <= 0xef; ++a)
+    for (int b = 0x7f; b <= 0xc0; ++b)
+      for (auto c : edges3)
+        inputs.push_back({static_cast<char>(a), static_cast<char>(b), static_cast<char>(c)});
+  for (int a = 0xf0; a <= 0xf5; ++a)
+    for (int b = 0x7f; b <= 0xc0; ++b)
+      for (auto c : edges4)
+        for (auto d : edges4)
+          inputs.push_back({static_cast<char>(a), static_cast<char>(b), static_cast<char>(c),
+                            static_cast<char>(d)});
+
+  std::size_t accepted = 0;
+  std::size_t mismatches = 0;
+  std::size_t wrong_codes = 0;
+  std::string first_mismatches;
+  // nlohmann's side dumps just the string (the rest of the document is fixed), to keep this fast.
+  const auto empty_doc = reference::to_json(Snapshot{});
+  REQUIRE(empty_doc.has_value());
+  const auto host_at = empty_doc->find("\"host\":\"\"");
+  REQUIRE(host_at != std::string::npos);
+  const auto before_host = empty_doc->substr(0, host_at + 7);
+  const auto after_host = empty_doc->substr(host_at + 9);
+  Snapshot s;
+  for (const auto& input : inputs) {
+    for (const std::string& text : {input, input + "\""}) {
+      s.host = text;
+      auto ours = to_json(s);
+      auto theirs = reference::dump(nlohmann::json(text));
+      bool same = ours.has_value() == theirs.has_value() &&
+                  (!theirs || *ours == before_host + *theirs + after_host);
+      if (!same && ++mismatches <= 10) first_mismatches += printable_bytes(text) + " ";
+      if (ours && same) ++accepted;
+      if (!ours && ours.error().code() != ErrorCode::invalid_argument) ++wrong_codes;
+    }
+  }
+  CAPTURE(first_mismatches);
+  CHECK(mismatches == 0);
+  CHECK(wrong_codes == 0);
+  // Exactly the well-formed sequences of RFC 3629 are accepted, each alone and before a quote:
+  // 128 ASCII; 128 * 128 ASCII pairs + 30 * 64 two-byte; three-byte leads E0..EF with their
+  // allowed second bytes (32 + 12 * 64 + 32 + 2 * 64 = 960) times the 6 continuation edges in
+  // edges3; four-byte leads F0..F4 (48 + 3 * 64 + 16 = 256) times 2 * 2 continuation edges.
+  CHECK(accepted == 2 * (128 + (128 * 128 + 30 * 64) + 960 * 6 + 256 * 4));
+}
+
+TEST_CASE("an invalid UTF-8 string makes the error name its location and its bytes") {
+  auto s = small_snapshot();
+  s.environments[0].unowned[0].path = "etc/caf\xe9";
+  for (const auto& r : {to_json(s).error(), digest_of(s).error()}) {
+    CHECK(r.code() == ErrorCode::invalid_argument);
+    CAPTURE(r.message());
+    CHECK(r.message().starts_with("snapshot /environments/0/unowned/0/path: invalid UTF-8"));
+    CHECK(r.message().find("\"etc/caf\\xe9\"") != std::string::npos);
+  }
+  auto t = small_snapshot();
+  t.sources[0].ignored["\xff"] = 1;
+  auto r = to_json(t);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().message().starts_with("snapshot /sources/0/ignored: invalid UTF-8"));
+}
+
+TEST_CASE("to_json and digest_of refuse what parse would reject, naming the location") {
+  struct Case {
+    std::string name;
+    std::function<void(Snapshot&)> apply;
+    std::string location;  // JSON pointer the message must name
+    std::string names;     // text the message must also contain (the offending value)
+  };
+  const std::string pkg0 = "/environments/0/packages/0";
+  const std::string file0 = pkg0 + "/files/0";
+  const auto pkg = [](Snapshot& s) -> Package& { return s.environments[0].packages[0]; };
+  const std::vector<Case> cases = {
+      {"regular file without a digest", [&](Snapshot& s) { pkg(s).files[0].digest.reset(); },
+       file0 + "/digest", "\"bin/a\""},
+      {"unowned file without a digest",
+       [](Snapshot& s) { s.environments[0].unowned[0].digest.reset(); },
+       "/environments/0/unowned/0/digest", "\"etc/x\""},
+      {"source file without a digest", [](Snapshot& s) { s.sources[0].files[0].digest.reset(); },
+       "/sources/0/files/0/digest", "\"README\""},
+      {"path ..", [&](Snapshot& s) { pkg(s).files[0].path = "../a"; }, file0 + "/path", "\"../a\""},
+      {"path absolute", [&](Snapshot& s) { pkg(s).files[0].path = "/a"; }, file0 + "/path",
+       "\"/a\""},
+      {"path empty", [&](Snapshot& s) { pkg(s).files[0].path = ""; }, file0 + "/path", "\"\""},
+      {"path a//b", [&](Snapshot& s) { pkg(s).files[0].path = "a//b"; }, file0 + "/path",
+       "\"a//b\""},
+      {"path trailing /", [&](Snapshot& s) { pkg(s).files[0].path = "bin/"; }, file0 + "/path",
+       "\"bin/\""},
+      {"path NUL", [&](Snapshot& s) { pkg(s).files[0].path = std::string("a\0b", 3); },
+       file0 + "/path", "\"a\\x00b\""},
+      {"source path inner ..", [](Snapshot& s) { s.sources[0].files[0].path = "a/../b"; },
+       "/sources/0/files/0/path", "\"a/../b\""},
+      {"prefix relative", [](Snapshot& s) { s.environments[0].prefix = "opt/env"; },
+       "/environments/0/prefix", "\"opt/env\""},
+      {"prefix empty", [](Snapshot& s) { s.environments[0].prefix = ""; }, "/environments/0/prefix",
+       "\"\""},
+      {"prefix trailing /", [](Snapshot& s) { s.environments[0].prefix = "/opt/env/"; },
+       "/environments/0/prefix", "\"/opt/env/\""},
+      {"prefix with ..", [](Snapshot& s) { s.environments[0].prefix = "/opt/../env"; },
+       "/environments/0/prefix", "\"/opt/../env\""},
+      {"base_prefix relative", [](Snapshot& s) { s.environments[0].base_prefix = "base"; },
+       "/environments/0/base_prefix", "\"base\""},
+      {"editable_root relative", [&](Snapshot& s) { pkg(s).editable_root = "./src"; },
+       pkg0 + "/editable_root", "\"./src\""},
+      {"root relative", [](Snapshot& s) { s.sources[0].root = "src"; }, "/sources/0/root",
+       "\"src\""},
+      {"root with .", [](Snapshot& s) { s.sources[0].root = "/./src"; }, "/sources/0/root",
+       "\"/./src\""},
+      {"mode too big", [&](Snapshot& s) { pkg(s).files[0].mode = 010000; }, file0 + "/mode", ""},
+      {"symlink empty target", [&](Snapshot& s) { pkg(s).files[1].target = ""; },
+       pkg0 + "/files/1/target", "\"bin/b\""},
+      {"symlink target with NUL",
+       [&](Snapshot& s) { pkg(s).files[1].target = std::string("\0", 1); },
+       pkg0 + "/files/1/target", "\"bin/b\""},
+      {"files unsorted", [&](Snapshot& s) { std::swap(pkg(s).files[0], pkg(s).files[1]); },
+       pkg0 + "/files/1", "\"bin/a\""},
+      {"files duplicate", [&](Snapshot& s) { pkg(s).files[1].path = "bin/a"; }, pkg0 + "/files/1",
+       "\"bin/a\""},
+      {"empty package name", [&](Snapshot& s) { pkg(s).name = ""; }, pkg0 + "/name", ""},
+      {"modified unsafe", [&](Snapshot& s) { pkg(s).modified = {"../a"}; }, pkg0 + "/modified/0",
+       "\"../a\""},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    auto s = small_snapshot();
+    c.apply(s);
+    auto text = to_json(s);
+    REQUIRE_FALSE(text.has_value());
+    CHECK(text.error().code() == ErrorCode::invalid_argument);
+    CAPTURE(text.error().message());
+    CHECK(text.error().message().starts_with("snapshot " + c.location + ": "));
+    CHECK(text.error().message().find(c.names) != std::string::npos);
+    auto d = digest_of(s);
+    REQUIRE_FALSE(d.has_value());
+    CHECK(d.error().message() == text.error().message());
+  }
+}
+
+TEST_CASE("parse rejects build, channel and subdir on a pip package") {
+  const auto base = json_of(bare_snapshot());  // one pip package, "six"
+  const std::string pkg0 = "/environments/0/packages/0";
+  for (std::string key : {"build", "channel", "subdir"}) {
+    CAPTURE(key);
+    auto doc =
+        replaced(base, "\"files\":[{\"digest\"", "\"" + key + "\":\"x\",\"files\":[{\"digest\"");
+    auto r = parse(doc);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == ErrorCode::invalid_argument);
+    CAPTURE(r.error().message());
+    CHECK(r.error().message().starts_with("snapshot " + pkg0 + "/" + key + ": "));
+  }
+  // Even empty: the writer never writes them for pip, so the round trip would drop them.
+  auto empty =
+      parse(replaced(base, "\"files\":[{\"digest\"", "\"build\":\"\",\"files\":[{\"digest\""));
+  CHECK_FALSE(empty.has_value());
 }
 
 }  // namespace
