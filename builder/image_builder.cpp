@@ -1,1 +1,194 @@
-// placeholder: implemented in a following commit
+// Image assembly (see image_builder.hpp). Nothing in the config or manifest depends on the time
+// or the machine: the same snapshot gives the same manifest digest everywhere.
+#include "builder/image_builder.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <thread>
+
+namespace envd::builder {
+namespace {
+
+constexpr std::string_view k_default_path =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+constexpr std::string_view k_snapshot_path = ".envd/snapshot.json";
+
+std::string working_dir(const snapshot::Snapshot& snap) {
+  for (const auto& s : snap.sources)
+    if (s.role == snapshot::SourceRole::src) return s.root;
+  return "/";
+}
+
+// The snapshot document as stored in the image: without the volatile fields, which would make
+// the image differ between two pushes of the same environment.
+Result<std::string> stable_document(const snapshot::Snapshot& snap) {
+  snapshot::Snapshot copy = snap;
+  copy.created.clear();
+  copy.host.clear();
+  copy.envd_version.clear();
+  return snapshot::to_json(copy);
+}
+
+}  // namespace
+
+std::string snapshot_tag(const oci::Digest& digest) { return "sha256-" + std::string(digest.hex()); }
+
+std::vector<std::string> image_env(const snapshot::Snapshot& snap) {
+  std::vector<std::string> env;
+  const snapshot::Environment* primary = nullptr;
+  for (const auto& e : snap.environments) {
+    if (!e.partial) {
+      primary = &e;
+      break;
+    }
+  }
+  if (primary == nullptr && !snap.environments.empty()) primary = &snap.environments.front();
+  std::string path(k_default_path);
+  if (primary != nullptr) path = primary->prefix + "/bin:" + path;
+  env.push_back("PATH=" + path);
+  if (primary != nullptr && primary->kind == snapshot::EnvironmentKind::venv) {
+    env.push_back("VIRTUAL_ENV=" + primary->prefix);
+  } else if (primary != nullptr && primary->kind == snapshot::EnvironmentKind::conda) {
+    env.push_back("CONDA_PREFIX=" + primary->prefix);
+    env.push_back("CONDA_DEFAULT_ENV=" + primary->name);
+  }
+  return env;
+}
+
+Result<BuildResult> ImageBuilder::build(const snapshot::Snapshot& snapshot, ContentSource& content,
+                                        const BuildOptions& options, BuildProgress* progress) {
+  if (!is_valid_repository(options.repository))
+    return Error(ErrorCode::invalid_argument, "invalid repository name \"" + options.repository + "\"");
+  if (!is_valid_tag(options.tag))
+    return Error(ErrorCode::invalid_argument, "invalid tag \"" + options.tag + "\"");
+  ENVD_TRY(auto digest, snapshot::digest_of(snapshot));
+  const std::string key = digest.str() + " " + options.repository + ":" + options.tag;
+
+  std::promise<Result<BuildResult>> promise;
+  std::shared_future<Result<BuildResult>> shared;
+  bool leader = false;
+  {
+    std::lock_guard lock(m_mutex);
+    auto it = m_in_flight.find(key);
+    if (it != m_in_flight.end()) {
+      shared = it->second;
+    } else {
+      shared = promise.get_future().share();
+      m_in_flight.emplace(key, shared);
+      leader = true;
+    }
+  }
+  if (!leader) return shared.get();
+  BuildProgress local;
+  auto result = build_once(snapshot, digest, content, options, progress ? *progress : local);
+  {
+    std::lock_guard lock(m_mutex);
+    m_in_flight.erase(key);
+  }
+  promise.set_value(result);
+  return result;
+}
+
+Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
+                                             const oci::Digest& digest, ContentSource& content,
+                                             const BuildOptions& options, BuildProgress& progress) {
+  auto started = std::chrono::steady_clock::now();
+  auto plan = plan_layers(snapshot, options.plan);
+
+  // The snapshot document's layer, built from the blob store.
+  ENVD_TRY(auto document, stable_document(snapshot));
+  ENVD_TRY(auto document_digest, m_blobs.put(document));
+  PlannedLayer meta;
+  meta.name = "snapshot";
+  meta.entries.push_back(LayerEntry{std::string(k_snapshot_path), snapshot::FileType::regular, 0644,
+                                    document.size(), document_digest, {}, {}});
+  meta.bytes = document.size();
+  meta.key = layer_key(meta.entries, "envd-snapshot-layer-v1");
+  plan.push_back(std::move(meta));
+  progress.layers_total = plan.size();
+
+  std::vector<std::optional<BuiltLayer>> built(plan.size());
+  std::vector<std::size_t> to_build;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    ENVD_TRY(auto cached, m_cache.find(plan[i].key, options.compression));
+    if (cached && m_blobs.contains(cached->blob.digest)) {
+      built[i] = std::move(*cached);
+      progress.layers_reused += 1;
+      progress.layers_done += 1;
+    } else {
+      to_build.push_back(i);
+    }
+  }
+  std::sort(to_build.begin(), to_build.end(),
+            [&](std::size_t a, std::size_t b) { return plan[a].bytes > plan[b].bytes; });
+
+  BlobContentSource from_store(m_blobs);
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  std::optional<Error> first_error;
+  auto worker = [&] {
+    for (std::size_t k; !failed.load() && (k = next.fetch_add(1)) < to_build.size();) {
+      const auto& layer = plan[to_build[k]];
+      ContentSource& source = layer.name == "snapshot" ? from_store : content;
+      auto r = write_layer(layer.entries, source, options.compression, m_blobs);
+      if (r) r = [&]() -> Result<BuiltLayer> {
+        ENVD_TRY_VOID(m_cache.put(layer.key, options.compression, *r));
+        return *r;
+      }();
+      if (!r) {
+        std::lock_guard lock(error_mutex);
+        if (!first_error) first_error = r.error().with_context("build layer " + layer.name);
+        failed = true;
+        return;
+      }
+      progress.bytes_written += r->blob.size;
+      progress.layers_done += 1;
+      built[to_build[k]] = std::move(*r);
+    }
+  };
+  unsigned threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(to_build.size(), 1)));
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (first_error) return *first_error;
+
+  oci::ImageConfig config;
+  config.architecture = snapshot.platform.arch;
+  config.os = snapshot.platform.os;
+  config.env = image_env(snapshot);
+  config.working_dir = working_dir(snapshot);
+  config.labels[std::string(oci::k_label_snapshot_digest)] = digest.str();
+  config.labels[std::string(oci::k_label_envd_version)] = options.envd_version;
+  oci::ImageManifest manifest{oci::Descriptor{std::string(oci::media_type::k_config), digest, 0, {}}, {}, {}};
+  for (const auto& b : built) {
+    config.diff_ids.push_back(b->diff_id);
+    manifest.layers.push_back(b->blob);
+  }
+  const std::string config_json = oci::serialize(config);
+  ENVD_TRY(auto config_digest, m_blobs.put(config_json));
+  manifest.config.digest = config_digest;
+  manifest.config.size = config_json.size();
+  manifest.annotations[std::string(oci::k_label_snapshot_digest)] = digest.str();
+  const std::string manifest_json = oci::serialize(manifest);
+  ENVD_TRY(auto manifest_digest, m_blobs.put(manifest_json));
+
+  const auto& repo = options.repository;
+  for (const auto& l : manifest.layers) ENVD_TRY_VOID(m_index.link_blob(repo, l.digest));
+  ENVD_TRY_VOID(m_index.link_blob(repo, config_digest));
+  const std::string immutable = snapshot_tag(digest);
+  const std::string media_type(oci::media_type::k_manifest);
+  ENVD_TRY_VOID(m_index.put_manifest(repo, manifest_digest, media_type, options.tag));
+  ENVD_TRY_VOID(m_index.put_manifest(repo, manifest_digest, media_type, immutable));
+
+  BuildResult result{manifest_digest, digest, manifest_json.size(), plan.size(),
+                     static_cast<std::size_t>(progress.layers_reused.load()),
+                     progress.bytes_written.load(), {options.tag, immutable}, 0};
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return result;
+}
+
+}  // namespace envd::builder

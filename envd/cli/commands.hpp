@@ -7,8 +7,9 @@ class App;
 
 namespace envd::cli {
 
-// Registers `envd snapshot` on `app`; returns a flag-holder whose run() is invoked by main.
+// Each registers its subcommand on `app`; the subcommand's callback sets `exit_code`.
 void add_snapshot_command(CLI::App& app, int& exit_code);
+void add_push_command(CLI::App& app, int& exit_code);
 void add_version_command(CLI::App& app, int& exit_code);
 
 }  // namespace envd::cli

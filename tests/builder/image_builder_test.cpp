@@ -1,2 +1,164 @@
-// placeholder: tests arrive with the implementation
+// The image builder on snapshots of prefixes made by the test: reproducible manifests (twice, and
+// in two separate data dirs), layer reuse, one changed file -> one changed content layer, mtimes
+// irrelevant, and a rootfs extracted with tar holding exactly the snapshot's files.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
+#include <utime.h>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/snapshotter.hpp"
+#include "builder/content_source.hpp"
+#include "builder/builder_state.hpp"
+#include "support/run_command.hpp"
+#include "support/scratch_dir.hpp"
+
+using namespace envd;
+using namespace envd::builder;
+using envd::test::run_command;
+using envd::test::ScratchDir;
+using envd::test::write_file;
+
+namespace {
+
+void make_prefix(const std::filesystem::path& prefix) {
+  write_file(prefix / "bin/python3", "#!/bin/sh\n");
+  std::filesystem::permissions(prefix / "bin/python3", std::filesystem::perms(0755));
+  std::filesystem::create_symlink("python3", prefix / "bin/python");
+  write_file(prefix / "lib/python3.11/os.py", "# os\n");
+  for (int i = 0; i < 30; ++i) {
+    std::string name = "p" + std::to_string(i);
+    std::string site = "lib/python3.11/site-packages/";
+    write_file(prefix / (site + name + "/__init__.py"), "X = " + std::to_string(i) + "\n");
+    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"), "Name: " + name + "\nVersion: 1.0\n\n");
+    write_file(prefix / (site + name + "-1.0.dist-info/RECORD"),
+               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name + "-1.0.dist-info/RECORD,,\n");
+  }
+}
+
+snapshot::Snapshot take(const std::filesystem::path& prefix) {
+  agent::SnapshotOptions o;
+  o.prefixes = {prefix};
+  auto out = agent::take_snapshot(o);
+  REQUIRE(out);
+  return out->snapshot;
+}
+
+BuildResult build(BuilderState& state, const snapshot::Snapshot& snap, Compression c = Compression::zstd) {
+  FileContentSource files;
+  BuildOptions options;
+  options.repository = "team/env";
+  options.tag = "v1";
+  options.compression = c;
+  auto r = state.builder->build(snap, files, options);
+  INFO((r ? std::string() : r.error().message()));
+  REQUIRE(r);
+  return *r;
+}
+
+nlohmann::json manifest_of(BuilderState& state, const oci::Digest& d) {
+  return nlohmann::json::parse(*state.blobs->read_all(d));
+}
+
+}  // namespace
+
+TEST_CASE("the same snapshot gives the same manifest, in the same and in a separate data dir") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto snap = take(dir / "env");
+  auto a_state = *BuilderState::open(dir / "a");
+  auto b_state = *BuilderState::open(dir / "b");
+  auto& a = *a_state;
+  auto& b = *b_state;
+  auto first = build(a, snap);
+  CHECK(first.layers_reused == 0);
+  auto again = build(a, snap);
+  CHECK(again.manifest_digest == first.manifest_digest);
+  CHECK(again.layers_reused == again.layers);
+  auto other = build(b, snap);
+  CHECK(other.manifest_digest == first.manifest_digest);
+  auto tagged = a.index->resolve("team/env", "v1");
+  REQUIRE(tagged);
+  REQUIRE(*tagged);
+  CHECK((*tagged)->digest == first.manifest_digest);
+  auto immutable = a.index->resolve("team/env", snapshot_tag(first.snapshot_digest));
+  REQUIRE(immutable);
+  REQUIRE(*immutable);
+  auto m = manifest_of(a, first.manifest_digest);
+  CHECK(m["mediaType"] == "application/vnd.oci.image.manifest.v1+json");
+  CHECK(m["layers"].size() == first.layers);
+  auto config = oci::parse_config(*a.blobs->read_all(*oci::Digest::parse(m["config"]["digest"].get<std::string>())));
+  REQUIRE(config);
+  CHECK(config->labels.at("dev.envd.snapshot.digest") == first.snapshot_digest.str());
+  CHECK(config->env[0] == "PATH=" + (dir / "env").string() + "/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  CHECK(config->diff_ids.size() == first.layers);
+}
+
+TEST_CASE("one changed file changes one content layer (and the snapshot layer); mtimes change nothing") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto state_ptr = *BuilderState::open(dir / "state");
+  auto& state = *state_ptr;
+  auto first = build(state, take(dir / "env"));
+  // mtime-only change: the same manifest.
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir / "env")) {
+    if (!e.is_symlink() && e.is_regular_file()) {
+      struct utimbuf t{1000000, 1000000};
+      ::utime(e.path().c_str(), &t);
+    }
+  }
+  auto touched = build(state, take(dir / "env"));
+  CHECK(touched.manifest_digest == first.manifest_digest);
+
+  write_file(dir / "env/lib/python3.11/site-packages/p7/__init__.py", "X = 'changed'\n");
+  auto changed = build(state, take(dir / "env"));
+  CHECK_FALSE(changed.manifest_digest == first.manifest_digest);
+  auto a = manifest_of(state, first.manifest_digest)["layers"];
+  auto b = manifest_of(state, changed.manifest_digest)["layers"];
+  REQUIRE(a.size() == b.size());
+  int differing = 0;
+  for (size_t i = 0; i + 1 < a.size(); ++i) differing += a[i]["digest"] != b[i]["digest"] ? 1 : 0;
+  CHECK(differing == 1);
+  CHECK(a.back()["digest"] != b.back()["digest"]);  // the snapshot document
+  CHECK(changed.layers_reused == changed.layers - 2);
+}
+
+TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the snapshot's files") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto state_ptr = *BuilderState::open(dir / "state");
+  auto& state = *state_ptr;
+  auto snap = take(dir / "env");
+  auto result = build(state, snap);
+  auto m = manifest_of(state, result.manifest_digest);
+  std::filesystem::create_directories(dir / "rootfs");
+  for (const auto& l : m["layers"]) {
+    auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
+    REQUIRE(blob);
+    auto r = run_command({"sh", "-c", "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
+    REQUIRE(r.exit_code == 0);
+  }
+  auto root = dir / "rootfs" / (dir / "env").relative_path();
+  std::size_t checked = 0;
+  for (const auto& env : snap.environments) {
+    auto check = [&](const snapshot::FileEntry& f) {
+      auto p = root / f.path;
+      if (f.type == snapshot::FileType::symlink) {
+        CHECK(std::filesystem::read_symlink(p).string() == f.target);
+      } else {
+        CHECK(oci::sha256_file(p)->digest == *f.digest);
+        struct stat st{};
+        ::lstat(p.c_str(), &st);
+        CHECK((st.st_mode & 07777) == f.mode);
+      }
+      ++checked;
+    };
+    for (const auto& p : env.packages) for (const auto& f : p.files) check(f);
+    for (const auto& f : env.unowned) check(f);
+  }
+  CHECK(checked == snapshot::totals(snap).files);
+  CHECK(std::filesystem::exists(dir / "rootfs/.envd/snapshot.json"));
+  auto doc = snapshot::parse(envd::test::read_file(dir / "rootfs/.envd/snapshot.json"));
+  REQUIRE(doc);
+  CHECK(*snapshot::digest_of(*doc) == result.snapshot_digest);
+}
