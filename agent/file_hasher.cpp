@@ -68,19 +68,23 @@ Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFil
   // Cache hits first, on this thread: lookups are cheap and leave only real work to the pool.
   std::vector<WalkedFile*> misses;
   std::size_t regular = 0;
+  std::uint64_t bytes = 0, hit_files = 0, hit_bytes = 0;
   for (auto& f : files) {
     if (f.type != snapshot::FileType::regular) continue;
     ++regular;
-    progress.files_total += 1;
-    progress.bytes_total += f.key.size;
+    bytes += f.key.size;
     if (auto d = cached->lookup(f.path, f.key)) {
       f.digest = *d;
-      progress.files_done += 1;
-      progress.bytes_done += f.key.size;
+      ++hit_files;
+      hit_bytes += f.key.size;
     } else {
       misses.push_back(&f);
     }
   }
+  progress.files_total += regular;
+  progress.bytes_total += bytes;
+  progress.files_done += hit_files;
+  progress.bytes_done += hit_bytes;
   // Largest first so one big file does not finish last on an otherwise idle pool.
   std::sort(misses.begin(), misses.end(),
             [](const WalkedFile* a, const WalkedFile* b) { return a->key.size > b->key.size; });

@@ -3,13 +3,22 @@
 // .pth files and setuptools finder modules, legacy .egg-link).
 #include "agent/pip_metadata.hpp"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <exception>
 #include <optional>
-#include <set>
 #include <string_view>
 #include <system_error>
+#include <thread>
+#include <utility>
 
 #include "envd/util/atomic_file.hpp"
 #include "envd/util/json_detail.hpp"
@@ -44,21 +53,37 @@ std::string pep503(std::string_view name) {
   }
   return out;
 }
-// Lines without their '\r\n' / '\n'.
-std::vector<std::string_view> lines(std::string_view text) {
-  std::vector<std::string_view> out;
+// Calls f(line) for each line, without its '\r\n' / '\n', until f returns false.
+template <class F>
+void for_each_line(std::string_view text, F&& f) {
   for (std::size_t pos = 0; pos < text.size();) {
     auto eol = std::min(text.find('\n', pos), text.size());
     auto line = text.substr(pos, eol - pos);
-    out.push_back(line.ends_with("\r") ? line.substr(0, line.size() - 1) : line);
+    if (!f(line.ends_with("\r") ? line.substr(0, line.size() - 1) : line)) return;
     pos = eol + 1;
   }
+}
+std::vector<std::string_view> lines(std::string_view text) {
+  std::vector<std::string_view> out;
+  for_each_line(text, [&](std::string_view line) {
+    out.push_back(line);
+    return true;
+  });
   return out;
 }
 
 // PEP 376 metadata files are UTF-8; NUL or a broken sequence means the file is not what it claims.
 bool valid_utf8_text(std::string_view s) {
+  constexpr std::uint64_t k_ones = 0x0101010101010101ULL, k_highs = 0x8080808080808080ULL;
   for (std::size_t i = 0; i < s.size();) {
+    // Fast path: 8 bytes of ASCII without NUL (no high bit, no zero byte).
+    if (std::uint64_t w = 0; i + 8 <= s.size()) {
+      std::memcpy(&w, s.data() + i, 8);
+      if (((w | ((w - k_ones) & ~w)) & k_highs) == 0) {
+        i += 8;
+        continue;
+      }
+    }
     auto c = static_cast<unsigned char>(s[i]);
     std::size_t n = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : 3;
     if (c == 0 || (c >= 0x80 && (c < 0xC0 || c > 0xF7)) || s.size() - i <= n) return false;
@@ -77,6 +102,36 @@ Result<std::string> read_text(const fs::path& path) {
   if (!fs::is_regular_file(status))
     return unexpected(ErrorCode::invalid_argument, path.string() + ": not a regular file");
   return read_file(path);
+}
+// read_text() into `buffer`, which keeps its (already touched) memory from one file to the next:
+// fresh pages are costly, and RECORD files add up to megabytes. The view lives until the next use.
+Result<std::string_view> read_text(const fs::path& path, std::string& buffer) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return unexpected(Error::from_errno("stat " + path.string(), errno));
+  if (!S_ISREG(st.st_mode))
+    return unexpected(ErrorCode::invalid_argument, path.string() + ": not a regular file");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return unexpected(Error::from_errno("open " + path.string(), errno));
+  // One byte more than the size: a regular file's short read is its end, no read of 0 needed.
+  if (buffer.size() <= static_cast<std::size_t>(st.st_size))
+    buffer.resize(static_cast<std::size_t>(st.st_size) + 1);
+  std::size_t size = 0;
+  for (;;) {
+    if (size == buffer.size()) buffer.resize(2 * size);
+    const std::size_t want = buffer.size() - size;
+    ssize_t n = ::read(fd, buffer.data() + size, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return unexpected(Error::from_errno("read " + path.string(), err));
+    }
+    size += static_cast<std::size_t>(n);
+    if (static_cast<std::size_t>(n) < want) break;
+  }
+  ::close(fd);
+  return std::string_view(buffer.data(), size);
 }
 
 bool is_dir(const fs::path& p) {
@@ -114,6 +169,26 @@ std::string absolute_normal(std::string_view path) {
   return "/" + join(*resolve({}, path, true));
 }
 
+// resolve() on strings: appends `rel`'s parts to `out`, the '/'-joined `depth` parts of the base.
+// false when a relative path climbs above the base's start.
+bool append_normal(std::string& out, std::size_t& depth, std::string_view rel, bool absolute) {
+  for (std::size_t pos = 0; pos <= rel.size();) {
+    auto slash = std::min(rel.find('/', pos), rel.size());
+    auto part = rel.substr(pos, slash - pos);
+    pos = slash + 1;
+    if (part.empty() || part == ".") continue;
+    if (part != "..") {
+      if (depth++ > 0) out += '/';
+      out += part;
+    } else if (depth > 0) {
+      out.resize(--depth == 0 ? 0 : out.rfind('/'));
+    } else if (!absolute) {
+      return false;
+    }
+  }
+  return true;
+}
+
 struct NameVersion {
   std::string name, version;
 };
@@ -122,14 +197,15 @@ struct NameVersion {
 // may hold anything (https://packaging.python.org/en/latest/specifications/core-metadata/).
 NameVersion parse_headers(std::string_view text) {
   NameVersion nv;
-  for (auto line : lines(text)) {
-    if (line.empty()) break;
+  for_each_line(text, [&](std::string_view line) {
+    if (line.empty()) return false;
     auto colon = line.find(':');
-    if (line[0] == ' ' || line[0] == '\t' || colon == std::string_view::npos) continue;
+    if (line[0] == ' ' || line[0] == '\t' || colon == std::string_view::npos) return true;
     auto key = lower(trim(line.substr(0, colon)));
     if (key == "name" && nv.name.empty()) nv.name = trim(line.substr(colon + 1));
     if (key == "version" && nv.version.empty()) nv.version = trim(line.substr(colon + 1));
-  }
+    return true;
+  });
   return nv;
 }
 
@@ -142,55 +218,77 @@ NameVersion from_stem(std::string_view stem) {
 }
 
 // PEP 376 RECORD (https://peps.python.org/pep-0376/#record) is CSV as Python's csv module writes
-// it: ',' separated, '"' quoting with '""' for a quote, so a path may contain commas. An
-// unterminated quote sets `bad_line` and drops that row, as csv would swallow the rest.
-struct CsvRow {
-  std::size_t line;
-  std::vector<std::string> fields;
-};
-std::vector<CsvRow> parse_csv(std::string_view text, std::optional<std::size_t>& bad_line) {
-  std::vector<CsvRow> rows;
-  CsvRow row{1, {}};
-  std::string field;
-  bool quoted = false, started = false;
+// it: ',' separated, '"' quoting with '""' for a quote, so a path may contain commas. Calls
+// row(line, first field, second field or "") for each row with a field, in order. Returns the
+// line of an unterminated quote, whose row is dropped as csv would swallow the rest.
+template <class Row>
+std::optional<std::size_t> for_each_csv_row(std::string_view text, Row&& row) {
   std::size_t line = 1;
-  for (std::size_t i = 0; i <= text.size(); ++i) {
-    char c = i < text.size() ? text[i] : '\n';
-    if (quoted && i == text.size()) {
-      bad_line = row.line;
-      break;
+  for (std::size_t pos = 0; pos < text.size();) {
+    // Fast path: a line without quotes or stray '\r' is its fields split at ','.
+    auto eol = std::min(text.find('\n', pos), text.size());
+    auto body = text.substr(pos, eol - pos);
+    if (body.ends_with('\r')) body.remove_suffix(1);
+    if (body.find('"') == body.npos && body.find('\r') == body.npos) {
+      if (!body.empty()) {
+        auto comma = body.find(',');
+        auto rest = comma == body.npos ? std::string_view() : body.substr(comma + 1);
+        row(line, body.substr(0, comma), rest.substr(0, rest.find(',')));
+      }
+      ++line;
+      pos = eol + 1;
+      continue;
     }
-    if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"')
-        field += text[++i];
-      else if (c == '"')
-        quoted = false;
-      else
+    // General case: one row, which quoted newlines may spread over several lines.
+    std::vector<std::string> fields;
+    std::string field;
+    bool quoted = false, started = false;
+    const std::size_t row_line = line;
+    for (std::size_t i = pos;; ++i) {
+      char c = i < text.size() ? text[i] : '\n';
+      if (quoted && i == text.size()) return row_line;
+      if (quoted) {
+        if (c == '"' && i + 1 < text.size() && text[i + 1] == '"')
+          field += text[++i];
+        else if (c == '"')
+          quoted = false;
+        else
+          field += c;
+        line += c == '\n' ? 1 : 0;
+      } else if (c == '"' && field.empty()) {
+        quoted = started = true;
+      } else if (c == ',') {
+        fields.push_back(std::exchange(field, {}));
+        started = true;
+      } else if (c == '\n') {
+        if (started) fields.push_back(std::exchange(field, {}));
+        if (!fields.empty())
+          row(row_line, std::string_view(fields[0]),
+              fields.size() > 1 ? std::string_view(fields[1]) : std::string_view());
+        ++line;
+        pos = i + 1;
+        break;
+      } else if (c != '\r') {
         field += c;
-      line += c == '\n' ? 1 : 0;
-    } else if (c == '"' && field.empty()) {
-      quoted = started = true;
-    } else if (c == ',') {
-      row.fields.push_back(std::exchange(field, {}));
-      started = true;
-    } else if (c == '\n') {
-      if (started) row.fields.push_back(std::exchange(field, {}));
-      if (!row.fields.empty()) rows.push_back(std::move(row));
-      row = CsvRow{++line, {}};
-      started = false;
-    } else if (c != '\r') {
-      field += c;
-      started = true;
+        started = true;
+      }
     }
   }
-  return rows;
+  return std::nullopt;
 }
 
 // A RECORD hash "sha256=<urlsafe base64, no padding>" as a Digest; nullopt for other algorithms
 // or a malformed value.
 std::optional<oci::Digest> parse_record_hash(std::string_view value) {
-  constexpr std::string_view k_alphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  static constexpr auto k_values = [] {
+    constexpr std::string_view alphabet =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    std::array<std::int8_t, 256> v{};
+    v.fill(-1);
+    for (std::size_t i = 0; i < alphabet.size(); ++i)
+      v[static_cast<unsigned char>(alphabet[i])] = static_cast<std::int8_t>(i);
+    return v;
+  }();
   if (!value.starts_with("sha256=")) return std::nullopt;
   value.remove_prefix(7);
   while (value.ends_with("=")) value.remove_suffix(1);
@@ -199,8 +297,8 @@ std::optional<oci::Digest> parse_record_hash(std::string_view value) {
   std::uint32_t acc = 0;
   std::size_t bits = 0, n = 0;
   for (char c : value) {
-    auto v = k_alphabet.find(c);
-    if (v == std::string_view::npos) return std::nullopt;
+    auto v = k_values[static_cast<unsigned char>(c)];
+    if (v < 0) return std::nullopt;
     acc = (acc << 6) | static_cast<std::uint32_t>(v);
     if ((bits += 6) >= 8 && n < bytes.size())
       bytes[n++] = static_cast<std::uint8_t>(acc >> (bits -= 8));
@@ -240,13 +338,68 @@ bool is_build_farm_path(std::string_view p) {
          p.find("/feedstock_root/") != std::string_view::npos;
 }
 
+// recursive_directory_iterator(skip_permission_denied) without its per-entry path objects: appends
+// `rel`/... for each non-directory under directory `name` (relative to `dir_fd`), depth first in
+// readdir order, and returns the errno that stopped the listing (0: none). An unreadable directory
+// is skipped; symlinks are listed, not followed.
+int list_tree(int dir_fd, const char* name, std::string& rel, std::vector<std::string>& out) {
+  int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* dir = fd < 0 ? nullptr : ::fdopendir(fd);
+  if (!dir) {
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    return err == EACCES ? 0 : err;
+  }
+  int err = 0;
+  for (;;) {
+    errno = 0;
+    const dirent* e = ::readdir(dir);
+    if (!e) {
+      err = errno == EACCES ? 0 : errno;
+      break;
+    }
+    const std::string_view entry = e->d_name;
+    if (entry == "." || entry == "..") continue;
+    bool is_directory = e->d_type == DT_DIR;
+    struct stat st {};
+    if (e->d_type == DT_UNKNOWN)  // a file system without d_type
+      is_directory =
+          ::fstatat(::dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+    const std::size_t size = rel.size();
+    (rel += '/') += entry;
+    if (!is_directory)
+      out.push_back(rel);
+    else
+      err = list_tree(::dirfd(dir), e->d_name, rel, out);
+    rel.resize(size);
+    if (err) break;
+  }
+  ::closedir(dir);
+  return err;
+}
+
+// Warnings held back, so that metadata directories read in parallel report in listing order.
+class Warnings {
+ public:
+  void warn(std::string path, std::string message) {
+    m_items.emplace_back(std::move(path), std::move(message));
+  }
+  void replay(Diagnostics& diag) {
+    for (auto& [path, message] : m_items) diag.warn(std::move(path), std::move(message));
+    m_items.clear();
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> m_items;
+};
+
 struct DirectUrl {
   std::string url;
   bool editable = false;
 };
 
 // PEP 610 (https://peps.python.org/pep-0610/): url, plus dir_info.editable for `pip install -e`.
-std::optional<DirectUrl> read_direct_url(const fs::path& file, Diagnostics& diag) {
+std::optional<DirectUrl> read_direct_url(const fs::path& file, Warnings& diag) {
   auto text = read_text(file);
   if (!text && text.error().code() != ErrorCode::not_found)
     diag.warn(file.string(), text.error().message());
@@ -269,33 +422,39 @@ std::optional<DirectUrl> read_direct_url(const fs::path& file, Diagnostics& diag
   return out;
 }
 
-// One scan of one site-packages directory.
+// One scan of one site-packages directory. A copy per thread; warnings go to report_to()'s sink.
 class SiteReader {
  public:
-  SiteReader(Parts prefix, Parts canonical, Parts site, Diagnostics& diag)
+  SiteReader(Parts prefix, Parts canonical, Parts site, Warnings& diag)
       : m_prefix(std::move(prefix)),
         m_canonical(std::move(canonical)),
         m_site(std::move(site)),
+        m_prefix_abs("/" + join(m_prefix)),
+        m_roots{Root{join(m_prefix), m_prefix.size()}, Root{join(m_canonical), m_canonical.size()}},
         m_site_rel(join(m_site)),
         m_site_abs(abs(m_site_rel)),
-        m_diag(diag) {}
+        m_diag(&diag) {}
 
   const fs::path& site_abs() const { return m_site_abs; }
+  void report_to(Warnings& sink) { m_diag = &sink; }
 
   PackageRecord dist_info(const std::string& name) {
     const std::string rel = m_site_rel + "/" + name;
     const fs::path dir = m_site_abs / name;
     const std::string_view stem = std::string_view(name).substr(0, name.size() - 10);
     PackageRecord rec = start(rel, name_version(dir / "METADATA", stem));
-    std::set<std::string> paths;
+    std::vector<std::string> paths;
     read_record(dir / "RECORD", rec, paths);
     // PEP 376: INSTALLER names the tool; REQUESTED marks a user-requested install.
-    if (auto installer = read_text(dir / "INSTALLER")) rec.meta.installer = trim(*installer);
+    if (auto installer = read_text(dir / "INSTALLER", m_buffer))
+      rec.meta.installer = trim(*installer);
     rec.meta.requested = entry_exists(dir / "REQUESTED");
     // The dist-info's own files belong to the package even where RECORD omits them (RECORD lists
     // itself without a hash; INSTALLER, REQUESTED, direct_url.json may be written after it).
+    const std::size_t listed = paths.size();
     add_tree(rel, paths);
-    auto du = read_direct_url(dir / "direct_url.json", m_diag);
+    sort_unique(paths, listed);
+    auto du = read_direct_url(dir / "direct_url.json", *m_diag);
     if (du) rec.meta.direct_url = redact_url_credentials(du->url);
     auto src = du && du->editable ? file_url_path(du->url) : std::nullopt;
     if (src && local_source(*src, dir / "direct_url.json")) rec.meta.editable_root = *src;
@@ -303,7 +462,7 @@ class SiteReader {
     // is; a non-editable direct_url.json (archive, VCS, plain directory) rules that out.
     if (!rec.meta.editable_root && (!du || du->editable))
       rec.meta.editable_root = editable_from_pth(paths);
-    rec.paths.assign(paths.begin(), paths.end());
+    rec.paths = std::move(paths);
     return rec;
   }
 
@@ -314,18 +473,19 @@ class SiteReader {
     const fs::path path = m_site_abs / name;
     const std::string_view stem = std::string_view(name).substr(0, name.size() - 9);
     PackageRecord rec = start(rel, name_version(is_directory ? path / "PKG-INFO" : path, stem));
-    std::set<std::string> paths;
-    if (!is_directory) paths.insert(rel);
+    std::vector<std::string> paths;
+    if (!is_directory) paths.push_back(rel);
     if (is_directory) {
-      Parts base = m_site;
-      base.push_back(name);
       if (auto files = read_text(path / "installed-files.txt"))
         for (auto line : lines(*files))
           if (auto p = trim(line); !p.empty())
-            if (auto r = to_prefix_rel(base, p, path / "installed-files.txt")) paths.insert(*r);
+            if (auto r = to_prefix_rel(rel, m_site.size() + 1, p, path / "installed-files.txt"))
+              paths.push_back(std::move(*r));
+      const std::size_t listed = paths.size();
       add_tree(rel, paths);
+      sort_unique(paths, listed);
     }
-    rec.paths.assign(paths.begin(), paths.end());
+    rec.paths = std::move(paths);
     return rec;
   }
 
@@ -336,11 +496,11 @@ class SiteReader {
   void egg_link(const std::string& name, std::vector<PackageRecord>& out) {
     const fs::path file = m_site_abs / name;
     auto text = read_text(file);
-    if (!text) return m_diag.warn(file.string(), text.error().message());
+    if (!text) return m_diag->warn(file.string(), text.error().message());
     const std::string stem = name.substr(0, name.size() - 9);
     auto link = lines(*text);
     fs::path egg_path = link.empty() ? "" : trim(link[0]);
-    if (egg_path.empty()) return m_diag.warn(file.string(), "empty .egg-link; ignored");
+    if (egg_path.empty()) return m_diag->warn(file.string(), "empty .egg-link; ignored");
     if (egg_path.is_relative()) egg_path = m_site_abs / egg_path;
     std::string root =
         absolute_normal((egg_path / (link.size() > 1 ? trim(link[1]) : "")).string());
@@ -361,8 +521,8 @@ class SiteReader {
         rec->meta.version = nv.version;
       }
       if (rec->meta.version.empty())
-        m_diag.warn(file.string(),
-                    "no " + stem + ".egg-info in " + egg_path.string() + "; version unknown");
+        m_diag->warn(file.string(),
+                     "no " + stem + ".egg-info in " + egg_path.string() + "; version unknown");
     }
     auto pos = std::lower_bound(rec->paths.begin(), rec->paths.end(), m_site_rel + "/" + name);
     if (pos == rec->paths.end() || *pos != m_site_rel + "/" + name)
@@ -371,7 +531,17 @@ class SiteReader {
   }
 
  private:
-  fs::path abs(std::string_view rel) const { return fs::path("/" + join(m_prefix)) / rel; }
+  fs::path abs(std::string_view rel) const { return fs::path(m_prefix_abs) / rel; }
+
+  // Sorts and deduplicates `v`, whose first `head` entries (RECORD's, usually sorted already)
+  // are followed by a few others (the metadata directory's files).
+  static void sort_unique(std::vector<std::string>& v, std::size_t head) {
+    const auto mid = v.begin() + static_cast<std::ptrdiff_t>(head);
+    if (!std::is_sorted(v.begin(), mid)) std::sort(v.begin(), mid);
+    std::sort(mid, v.end());
+    std::inplace_merge(v.begin(), mid, v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
+  }
 
   static PackageRecord start(const std::string& record_path, NameVersion nv) {
     PackageRecord rec;
@@ -390,80 +560,92 @@ class SiteReader {
     return nullptr;
   }
 
-  // A RECORD / installed-files.txt entry, relative to `base` (prefix-relative) or absolute, as a
-  // prefix-relative path. Entries outside the prefix are dropped with a warning.
-  std::optional<std::string> to_prefix_rel(const Parts& base, std::string_view entry,
+  // A RECORD / installed-files.txt entry, relative to `base` (prefix-relative, `depth` parts) or
+  // absolute, as a prefix-relative path. Entries outside the prefix are dropped with a warning.
+  std::optional<std::string> to_prefix_rel(const std::string& base, std::size_t depth,
+                                           std::string_view entry,
                                            const fs::path& listed_in) const {
     const bool absolute = entry.starts_with("/");
-    auto parts = entry.find('\0') != std::string_view::npos
-                     ? std::nullopt
-                     : resolve(absolute ? Parts{} : base, entry, absolute);
-    if (parts && !absolute && !parts->empty()) return join(*parts);
-    const Parts* root = parts && absolute ? prefix_of(*parts) : nullptr;
-    if (root && parts->size() > root->size()) return join(*parts, root->size());
-    m_diag.warn(listed_in.string(), "entry \"" + std::string(entry) +
-                                        "\" is outside the prefix; not counted as the package's");
+    std::string out;
+    out.reserve(base.size() + entry.size() + 1);
+    if (!absolute)
+      out = base;
+    else
+      depth = 0;
+    bool ok =
+        entry.find('\0') == std::string_view::npos && append_normal(out, depth, entry, absolute);
+    if (ok && !absolute && depth > 0) return out;
+    // prefix_of() on strings: the first root that `out` is in or at.
+    for (const Root& root : m_roots) {
+      if (!ok || !absolute) break;
+      bool inside =
+          root.depth == 0 || (out.starts_with(root.path) &&
+                              (out.size() == root.path.size() || out[root.path.size()] == '/'));
+      if (!inside) continue;
+      if (depth > root.depth) return root.depth == 0 ? out : out.substr(root.path.size() + 1);
+      break;
+    }
+    m_diag->warn(listed_in.string(), "entry \"" + std::string(entry) +
+                                         "\" is outside the prefix; not counted as the package's");
     return std::nullopt;
   }
 
   // Every non-directory entry under `rel_dir`; symlinks are not followed.
-  void add_tree(const std::string& rel_dir, std::set<std::string>& out) const {
+  void add_tree(const std::string& rel_dir, std::vector<std::string>& out) const {
     const fs::path root = abs(rel_dir);
-    std::error_code ec, type_ec;
-    fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec);
-    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-      if (it->symlink_status(type_ec).type() != fs::file_type::directory)
-        out.insert(rel_dir + "/" + it->path().lexically_relative(root).generic_string());
-    if (ec) m_diag.warn(root.string(), "cannot list: " + ec.message());
+    std::string rel = rel_dir;
+    if (int err = list_tree(AT_FDCWD, root.c_str(), rel, out))
+      m_diag->warn(root.string(), "cannot list: " + std::generic_category().message(err));
   }
 
   // Name and version from an RFC 822 metadata file, else from the directory stem (warned).
-  NameVersion name_version(const fs::path& file, std::string_view stem) const {
-    auto text = read_text(file);
+  NameVersion name_version(const fs::path& file, std::string_view stem) {
+    auto text = read_text(file, m_buffer);
     NameVersion nv;
     if (!text)
-      m_diag.warn(file.string(), text.error().message() + "; name and version from the dir name");
+      m_diag->warn(file.string(), text.error().message() + "; name and version from the dir name");
     else if (!valid_utf8_text(*text))
-      m_diag.warn(file.string(), "not UTF-8 text; name and version from the directory name");
+      m_diag->warn(file.string(), "not UTF-8 text; name and version from the directory name");
     else if (nv = parse_headers(*text); nv.name.empty() || nv.version.empty())
-      m_diag.warn(file.string(), "no Name or Version header; taken from the directory name");
+      m_diag->warn(file.string(), "no Name or Version header; taken from the directory name");
     auto fallback = from_stem(stem);
     if (nv.name.empty()) nv.name = fallback.name;
     if (nv.version.empty()) nv.version = fallback.version;
     return nv;
   }
 
-  void read_record(const fs::path& file, PackageRecord& rec, std::set<std::string>& paths) {
-    auto text = read_text(file);
-    if (!text) return m_diag.warn(file.string(), text.error().message());
+  // Appends RECORD's paths to `paths` and fills rec.expected (the last valid sha256 of a path).
+  void read_record(const fs::path& file, PackageRecord& rec, std::vector<std::string>& paths) {
+    auto text = read_text(file, m_buffer);
+    if (!text) return m_diag->warn(file.string(), text.error().message());
     if (!valid_utf8_text(*text))
-      return m_diag.warn(file.string(), "not UTF-8 text (PEP 376 RECORD); ignored");
-    std::optional<std::size_t> bad_line;
-    for (const auto& row : parse_csv(*text, bad_line)) {
-      const std::string at_line = "line " + std::to_string(row.line) + ": ";
-      if (row.fields[0].empty()) {
-        m_diag.warn(file.string(), at_line + "empty path; skipped");
-        continue;
-      }
-      auto rel = to_prefix_rel(m_site, row.fields[0], file);
-      if (!rel) continue;
-      paths.insert(*rel);
-      const std::string hash = row.fields.size() > 1 ? row.fields[1] : "";
-      if (auto digest = parse_record_hash(hash))
-        rec.expected.insert_or_assign(*rel, *digest);
-      else if (hash.starts_with("sha256="))
-        m_diag.warn(file.string(), at_line + "bad sha256");
-    }
+      return m_diag->warn(file.string(), "not UTF-8 text (PEP 376 RECORD); ignored");
+    auto at_line = [](std::size_t line) { return "line " + std::to_string(line) + ": "; };
+    // A row a line, and room for the metadata directory's own files: no regrowth, no slack.
+    paths.reserve(paths.size() +
+                  static_cast<std::size_t>(std::count(text->begin(), text->end(), '\n')) + 16);
+    auto bad_line = for_each_csv_row(
+        *text, [&](std::size_t line, std::string_view path, std::string_view hash) {
+          if (path.empty())
+            return m_diag->warn(file.string(), at_line(line) + "empty path; skipped");
+          auto rel = to_prefix_rel(m_site_rel, m_site.size(), path, file);
+          if (!rel) return;
+          // RECORD is mostly sorted: the end is then the place, else the hint is ignored.
+          if (auto digest = parse_record_hash(hash))
+            rec.expected.insert_or_assign(rec.expected.end(), *rel, *digest);
+          else if (hash.starts_with("sha256="))
+            m_diag->warn(file.string(), at_line(line) + "bad sha256");
+          paths.push_back(std::move(*rel));
+        });
     if (bad_line)
-      m_diag.warn(file.string(),
-                  "line " + std::to_string(*bad_line) + ": unterminated quote; rest ignored");
+      m_diag->warn(file.string(), at_line(*bad_line) + "unterminated quote; rest ignored");
   }
 
   // A directory that is the user's source on this machine: it exists, and is no build-farm path.
   bool local_source(const std::string& dir, const fs::path& evidence) const {
     if (!is_build_farm_path(dir) && is_dir(dir)) return true;
-    m_diag.warn(evidence.string(),
-                "editable source " + dir + " is a build path or missing here; not local source");
+    m_diag->warn(evidence.string(),
+                 "editable source " + dir + " is a build path or missing here; not local source");
     return false;
   }
 
@@ -482,7 +664,7 @@ class SiteReader {
   // with a path line (setuptools static/strict, hatchling's _NAME.pth) or an import line loading
   // a setuptools finder module. The package's .pth files are the top-level ones its RECORD lists.
   // Paths inside the prefix are ordinary .pth use, not an editable source.
-  std::optional<std::string> editable_from_pth(const std::set<std::string>& paths) {
+  std::optional<std::string> editable_from_pth(const std::vector<std::string>& paths) {
     for (const auto& pth : paths) {
       if (!pth.ends_with(".pth") || pth.rfind('/') != m_site_rel.size() ||
           !pth.starts_with(m_site_rel))
@@ -526,11 +708,53 @@ class SiteReader {
     }
   }
 
+  // The prefix as given and its real path, '/'-joined without the leading '/', and their depths.
+  struct Root {
+    std::string path;
+    std::size_t depth;
+  };
+
   Parts m_prefix, m_canonical, m_site;
+  std::string m_prefix_abs;
+  std::array<Root, 2> m_roots;
   std::string m_site_rel;
   fs::path m_site_abs;
-  Diagnostics& m_diag;
+  Warnings* m_diag;
+  std::string m_buffer;  // for read_text()
 };
+
+// Runs job(reader, i) for i in [0, n) on up to `k_max_threads` threads, each with its own copy of
+// `reader`. The first exception a job throws is rethrown here once all threads have stopped.
+template <class Job>
+void parallel_for(std::size_t n, const SiteReader& reader, Job job) {
+  constexpr std::size_t k_max_threads = 4, k_min_per_thread = 8;
+  const std::size_t threads =
+      std::min({k_max_threads, std::max<std::size_t>(1, std::thread::hardware_concurrency()),
+                (n + k_min_per_thread - 1) / k_min_per_thread});
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr failure;
+  std::atomic_flag failed;
+  auto work = [&] {
+    SiteReader own(reader);
+    try {
+      for (std::size_t i; (i = next.fetch_add(1)) < n;) job(own, i);
+    } catch (...) {
+      next = n;
+      if (!failed.test_and_set()) failure = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (std::size_t t = 1; t < threads; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (...) {
+      break;  // no more threads to be had: fewer do the work
+    }
+  }
+  work();
+  for (auto& t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
+}
 
 }  // namespace
 
@@ -562,26 +786,42 @@ Result<std::vector<PackageRecord>> read_site_packages(const fs::path& prefix,
   // RECORD may name files by absolute path, through the prefix as given or its real path.
   auto lexical = *resolve({}, abs_prefix.string(), true);
   const fs::path canonical = fs::weakly_canonical(abs_prefix, ec);
-  SiteReader reader(lexical, ec ? lexical : *resolve({}, canonical.string(), true), *site,
-                    diagnostics);
+  Warnings held;
+  SiteReader reader(lexical, ec ? lexical : *resolve({}, canonical.string(), true), *site, held);
 
-  std::vector<std::string> names;
+  struct Entry {
+    std::string name;
+    bool dir;
+  };
+  std::vector<Entry> names;
   fs::directory_iterator it(reader.site_abs(), ec);
   if (ec) return unexpected(Error::from_errno("list " + reader.site_abs().string(), ec.value()));
-  for (; !ec && it != fs::directory_iterator(); it.increment(ec))
-    names.push_back(it->path().filename().string());
-  if (ec) diagnostics.warn(reader.site_abs().string(), "listing stopped: " + ec.message());
-  std::sort(names.begin(), names.end());
-
-  std::vector<PackageRecord> out;
-  for (const auto& name : names) {
-    bool dir = is_dir(reader.site_abs() / name);
-    if (name.ends_with(".dist-info") && dir) out.push_back(reader.dist_info(name));
-    if (name.ends_with(".egg-info")) out.push_back(reader.egg_info(name, dir));
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::error_code type_ec;  // the listing's file type; stat only for symlinks
+    names.push_back({it->path().filename().string(), it->is_directory(type_ec)});
   }
+  if (ec) diagnostics.warn(reader.site_abs().string(), "listing stopped: " + ec.message());
+  std::sort(names.begin(), names.end(),
+            [](const Entry& a, const Entry& b) { return a.name < b.name; });
+
+  std::vector<const Entry*> infos;
+  for (const auto& e : names)
+    if ((e.name.ends_with(".dist-info") && e.dir) || e.name.ends_with(".egg-info"))
+      infos.push_back(&e);
+  std::vector<PackageRecord> out(infos.size());
+  std::vector<Warnings> warnings(infos.size());
+  parallel_for(infos.size(), reader, [&](SiteReader& r, std::size_t i) {
+    r.report_to(warnings[i]);
+    const Entry& e = *infos[i];
+    out[i] = e.name.ends_with(".dist-info") ? r.dist_info(e.name) : r.egg_info(e.name, e.dir);
+  });
+  for (auto& w : warnings) w.replay(diagnostics);
   // After the others, so that a link to a project already read gains its editable root.
-  for (const auto& name : names)
-    if (name.ends_with(".egg-link")) reader.egg_link(name, out);
+  for (const auto& e : names) {
+    if (!e.name.ends_with(".egg-link")) continue;
+    reader.egg_link(e.name, out);
+    held.replay(diagnostics);
+  }
 
   std::sort(out.begin(), out.end(), [](const PackageRecord& a, const PackageRecord& b) {
     auto la = lower(a.meta.name), lb = lower(b.meta.name);

@@ -25,7 +25,8 @@ namespace envd::agent {
 // .egg-link), and is set only when that directory exists here and is no build-farm path such as
 // file:///home/conda/feedstock_root/... . URL credentials are redacted.
 // Broken metadata (unreadable, not UTF-8, bad RECORD rows) is a warning naming the file, never a
-// failure. Reads only; writes nothing. Thread-safe (diagnostics is).
+// failure. Reads only; writes nothing. Thread-safe (diagnostics is). Reads the metadata
+// directories on up to 4 threads; records and warnings come in the same order as read one by one.
 // Errors: invalid_argument when `site_packages` is not a relative path inside the prefix;
 // not_found, permission_denied or io when site-packages cannot be listed.
 Result<std::vector<PackageRecord>> read_site_packages(const std::filesystem::path& prefix,
