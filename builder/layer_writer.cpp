@@ -133,8 +133,13 @@ class GzipCompressor final : public Compressor {
 };
 
 // zstd through libzstd's streaming API: level 3 (the CLI default), content checksum on (as the
-// CLI writes it), no worker threads (layers are built in parallel already, and the output must
-// not depend on scheduling). https://github.com/facebook/zstd/blob/v1.5.4/lib/zstd.h
+// CLI writes it), and multithreaded mode with a fixed worker count. In that mode the output
+// depends neither on the number of workers nor on scheduling (`zstd -T1`, `-T2` and `-T4` give
+// identical bytes; only single-thread mode, nbWorkers 0, differs), so digests stay reproducible
+// across machines while compression overlaps with reading, hashing and tar on the calling
+// thread, as in `tar | zstd -T0`. https://github.com/facebook/zstd/blob/v1.5.4/lib/zstd.h
+constexpr int k_zstd_workers = 2;
+
 class ZstdCompressor final : public Compressor {
  public:
   explicit ZstdCompressor(BlobSink& out) : m_out(out), m_buffer(k_out_chunk) {}
@@ -144,7 +149,7 @@ class ZstdCompressor final : public Compressor {
     if (!m_ctx) return Error(ErrorCode::internal, "zstd: cannot create a compression context");
     for (auto [param, value] :
          {std::pair{ZSTD_c_compressionLevel, 3}, std::pair{ZSTD_c_checksumFlag, 1},
-          std::pair{ZSTD_c_nbWorkers, 0}}) {
+          std::pair{ZSTD_c_nbWorkers, k_zstd_workers}}) {
       std::size_t rc = ::ZSTD_CCtx_setParameter(m_ctx.get(), param, value);
       if (::ZSTD_isError(rc)) return failure(rc);
     }

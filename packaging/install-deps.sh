@@ -10,7 +10,7 @@ build_pkgs=(
 )
 test_pkgs=(
   python3-venv python3-pip python3-setuptools python3-distributed
-  skopeo umoci oci-image-tool docker-registry bubblewrap busybox-static
+  skopeo umoci oci-image-tool docker-registry bubblewrap busybox-static buildah
   python3-jsonschema python3-yaml openssl zstd pigz curl jq bc time
 )
 

@@ -124,6 +124,8 @@ int run_push(const PushArgs& args) {
                         {"layers_reused", result->layers_reused},
                         {"bytes_uploaded", 0},
                         {"bytes_built", result->bytes_written},
+                        {"snapshot_seconds", snap->seconds},
+                        {"build_seconds", result->seconds},
                         {"seconds", seconds}};
     std::cout << j.dump() << std::endl;
     return 0;

@@ -14,9 +14,11 @@ Result<void> BlobStore::put(const oci::Digest& digest, std::string_view data) {
 }
 
 Result<oci::Digest> BlobStore::put(std::string_view data) {
-  // Hashing here and again in the writer costs a second pass over memory; it keeps the writer
-  // the single place where verification happens.
+  // Content already present is not written again (a rebuild would otherwise rewrite and fsync
+  // the same snapshot document, config and manifest). New content is hashed here and again in
+  // the writer, which keeps the writer the single place where verification happens.
   oci::Digest digest = oci::sha256_of(data);
+  if (contains(digest)) return digest;
   ENVD_TRY_VOID(put(digest, data));
   return digest;
 }

@@ -62,7 +62,8 @@ class BlobStore {
     return std::nullopt;
   }
 
-  // Conveniences over the primitives above.
+  // Conveniences over the primitives above. put(data) returns the digest without writing when
+  // the store already holds that content.
   Result<void> put(const oci::Digest& digest, std::string_view data);
   Result<oci::Digest> put(std::string_view data);
   Result<std::string> read_all(const oci::Digest& digest) const;
