@@ -107,6 +107,7 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   meta.key = layer_key(meta.entries, "envd-snapshot-layer-v1");
   plan.push_back(std::move(meta));
   progress.layers_total = plan.size();
+  progress.changed();
 
   std::vector<std::optional<BuiltLayer>> built(plan.size());
   std::vector<std::size_t> to_build;
@@ -120,6 +121,7 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
       to_build.push_back(i);
     }
   }
+  if (progress.layers_reused > 0) progress.changed();
   std::sort(to_build.begin(), to_build.end(),
             [&](std::size_t a, std::size_t b) { return plan[a].bytes > plan[b].bytes; });
 
@@ -145,6 +147,7 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
       }
       progress.bytes_written += r->blob.size;
       progress.layers_done += 1;
+      progress.changed();
       built[to_build[k]] = std::move(*r);
     }
   };
@@ -176,13 +179,12 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   const std::string manifest_json = oci::serialize(manifest);
   ENVD_TRY(auto manifest_digest, m_blobs.put(manifest_json));
 
-  const auto& repo = options.repository;
-  for (const auto& l : manifest.layers) ENVD_TRY_VOID(m_index.link_blob(repo, l.digest));
-  ENVD_TRY_VOID(m_index.link_blob(repo, config_digest));
+  std::vector<oci::Digest> blobs{config_digest};
+  for (const auto& l : manifest.layers) blobs.push_back(l.digest);
   const std::string immutable = snapshot_tag(digest);
-  const std::string media_type(oci::media_type::k_manifest);
-  ENVD_TRY_VOID(m_index.put_manifest(repo, manifest_digest, media_type, options.tag));
-  ENVD_TRY_VOID(m_index.put_manifest(repo, manifest_digest, media_type, immutable));
+  ENVD_TRY_VOID(m_index.commit_image(options.repository, blobs, manifest_digest,
+                                     std::string(oci::media_type::k_manifest),
+                                     {options.tag, immutable}));
 
   BuildResult result{manifest_digest, digest, manifest_json.size(), plan.size(),
                      static_cast<std::size_t>(progress.layers_reused.load()),

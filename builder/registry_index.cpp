@@ -167,6 +167,28 @@ struct RegistryIndex::Db {
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) return error(what);
     return {};
   }
+  // Statements shared by link_blob, put_manifest and commit_image; run inside a transaction.
+  Result<void> link(const std::string& repo, const oci::Digest& digest) {
+    Stmt s(handle, "INSERT OR IGNORE INTO blob_links(repo, digest) VALUES(?1, ?2)");
+    s.bind(1, repo).bind(2, digest.view());
+    return run(s, "link blob " + digest.str());
+  }
+  Result<void> manifest(const std::string& repo, const oci::Digest& digest,
+                        const std::string& media_type, const std::optional<std::string>& tag) {
+    Stmt m(handle,
+           "INSERT INTO manifests(repo, digest, media_type, created) VALUES(?1, ?2, ?3, ?4) "
+           "ON CONFLICT(repo, digest) DO UPDATE SET media_type = excluded.media_type");
+    m.bind(1, repo).bind(2, digest.view()).bind(3, media_type).bind(4, now_unix());
+    ENVD_TRY_VOID(run(m, "put manifest " + digest.str()));
+    if (!tag) return {};
+    Stmt t(handle,
+           "INSERT INTO tags(repo, tag, digest, updated) VALUES(?1, ?2, ?3, ?4) "
+           "ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest, updated = "
+           "excluded.updated");
+    t.bind(1, repo).bind(2, *tag).bind(3, digest.view()).bind(4, now_unix());
+    return run(t, "tag " + *tag);
+  }
+
   // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, rolling back on failure.
   template <class F>
   Result<void> transaction(F&& body) {
@@ -227,9 +249,7 @@ Result<void> RegistryIndex::link_blob(const std::string& repo, const oci::Digest
   std::lock_guard lock(m_db->mutex);
   return m_db->transaction([&]() -> Result<void> {
     ENVD_TRY_VOID(m_db->ensure_repo(repo));
-    Stmt s(m_db->handle, "INSERT OR IGNORE INTO blob_links(repo, digest) VALUES(?1, ?2)");
-    s.bind(1, repo).bind(2, digest.view());
-    return m_db->run(s, "link blob " + digest.str());
+    return m_db->link(repo, digest);
   });
 }
 
@@ -253,18 +273,25 @@ Result<void> RegistryIndex::put_manifest(const std::string& repo, const oci::Dig
   std::lock_guard lock(m_db->mutex);
   return m_db->transaction([&]() -> Result<void> {
     ENVD_TRY_VOID(m_db->ensure_repo(repo));
-    Stmt m(m_db->handle,
-           "INSERT INTO manifests(repo, digest, media_type, created) VALUES(?1, ?2, ?3, ?4) "
-           "ON CONFLICT(repo, digest) DO UPDATE SET media_type = excluded.media_type");
-    m.bind(1, repo).bind(2, digest.view()).bind(3, media_type).bind(4, now_unix());
-    ENVD_TRY_VOID(m_db->run(m, "put manifest " + digest.str()));
-    if (!tag) return {};
-    Stmt t(m_db->handle,
-           "INSERT INTO tags(repo, tag, digest, updated) VALUES(?1, ?2, ?3, ?4) "
-           "ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest, updated = "
-           "excluded.updated");
-    t.bind(1, repo).bind(2, *tag).bind(3, digest.view()).bind(4, now_unix());
-    return m_db->run(t, "tag " + *tag);
+    return m_db->manifest(repo, digest, media_type, tag);
+  });
+}
+
+Result<void> RegistryIndex::commit_image(const std::string& repo,
+                                         const std::vector<oci::Digest>& blobs,
+                                         const oci::Digest& manifest, const std::string& media_type,
+                                         const std::vector<std::string>& tags) {
+  ENVD_TRY_VOID(check_repo(repo));
+  for (const auto& tag : tags)
+    if (!is_valid_tag(tag)) return Error(ErrorCode::invalid_argument, "invalid tag \"" + tag + "\"");
+  if (media_type.empty()) return Error(ErrorCode::invalid_argument, "empty manifest media type");
+  std::lock_guard lock(m_db->mutex);
+  return m_db->transaction([&]() -> Result<void> {
+    ENVD_TRY_VOID(m_db->ensure_repo(repo));
+    for (const auto& b : blobs) ENVD_TRY_VOID(m_db->link(repo, b));
+    ENVD_TRY_VOID(m_db->manifest(repo, manifest, media_type, std::nullopt));
+    for (const auto& tag : tags) ENVD_TRY_VOID(m_db->manifest(repo, manifest, media_type, tag));
+    return {};
   });
 }
 

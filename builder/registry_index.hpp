@@ -61,6 +61,11 @@ class RegistryIndex {
   Result<void> put_manifest(const std::string& repo, const oci::Digest& digest,
                             const std::string& media_type, const std::optional<std::string>& tag);
   // Whether `digest` was recorded as a manifest of `repo`.
+  // Links `blobs` into `repo` and records `manifest` with every tag in `tags`, all in one
+  // transaction (one fsync): what the image builder does when a build finishes.
+  Result<void> commit_image(const std::string& repo, const std::vector<oci::Digest>& blobs,
+                            const oci::Digest& manifest, const std::string& media_type,
+                            const std::vector<std::string>& tags);
   Result<bool> has_manifest(const std::string& repo, const oci::Digest& digest);
   // Resolves a tag or a digest ("sha256:...") in `repo`; nullopt when unknown.
   // Errors: invalid_argument for a reference that is neither a valid tag nor a valid digest.
