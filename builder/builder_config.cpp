@@ -157,6 +157,7 @@ Result<void> read_limits(const Reader& r, const YAML::Node& node, Limits& limits
             {"blob_bytes", &limits.blob_bytes},
             {"manifest_bytes", &limits.manifest_bytes},
             {"snapshot_bytes", &limits.snapshot_bytes},
+            {"batch_bytes", &limits.batch_bytes},
             {"upload_session_bytes", &limits.upload_session_bytes}};
         if (auto it = sizes.find(key); it != sizes.end()) {
           ENVD_TRY(*it->second, r.positive(v, full));

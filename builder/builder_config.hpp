@@ -20,6 +20,7 @@ struct Limits {
   std::uint64_t blob_bytes = 64ULL << 30;             // largest blob accepted by an upload
   std::uint64_t manifest_bytes = 4ULL << 20;          // largest manifest accepted
   std::uint64_t snapshot_bytes = 256ULL << 20;        // largest snapshot document accepted
+  std::uint64_t batch_bytes = 4ULL << 30;             // largest envd API blob batch request
   std::uint64_t upload_session_bytes = 128ULL << 30;  // bytes all open upload sessions may hold
   unsigned concurrent_builds = 2;                     // image builds run at once
 };

@@ -63,7 +63,9 @@ Result<BuildResult> ImageBuilder::build(const snapshot::Snapshot& snapshot, Cont
   if (!is_valid_tag(options.tag))
     return Error(ErrorCode::invalid_argument, "invalid tag \"" + options.tag + "\"");
   ENVD_TRY(auto digest, snapshot::digest_of(snapshot));
-  const std::string key = digest.str() + " " + options.repository + ":" + options.tag;
+  // Compression is part of the key: a gzip build must not be answered with a zstd one.
+  const std::string key = digest.str() + " " + options.repository + ":" + options.tag + " " +
+                          std::string(media_type_for(options.compression));
 
   std::promise<Result<BuildResult>> promise;
   std::shared_future<Result<BuildResult>> shared;

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -35,6 +36,13 @@ struct BuildProgress {
   std::atomic<std::uint64_t> layers_done{0};
   std::atomic<std::uint64_t> layers_reused{0};
   std::atomic<std::uint64_t> bytes_written{0};  // compressed bytes of new layers
+  // Called after the counters above changed, from whichever build thread changed them (so it
+  // must be thread-safe); lets a follower wait on a condition variable instead of polling.
+  std::function<void()> on_change;
+
+  void changed() {
+    if (on_change) on_change();
+  }
 };
 
 struct BuildResult {
