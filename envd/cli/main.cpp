@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   envd::cli::add_snapshot_command(app, exit_code);
   envd::cli::add_push_command(app, exit_code);
+  envd::cli::add_builder_command(app, exit_code);
   envd::cli::add_version_command(app, exit_code);
   try {
     app.parse(argc, argv);

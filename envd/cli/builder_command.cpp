@@ -1,0 +1,129 @@
+// `envd builder serve`: the builder as a service: the OCI Distribution API and the envd API
+// (/envd/v1/) over a builder data directory (by default the embedded builder's, so that it serves
+// what `envd push` built). Runs until SIGTERM or SIGINT, then stops cleanly (exit 0).
+#include <pthread.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "builder/auth.hpp"
+#include "builder/builder_config.hpp"
+#include "builder/builder_state.hpp"
+#include "builder/envd_api.hpp"
+#include "builder/registry_server.hpp"
+#include "envd/cli/commands.hpp"
+#include "envd/cli/defaults.hpp"
+#include "envd/util/log.hpp"
+
+namespace envd::cli {
+namespace {
+
+struct ServeArgs {
+  std::string listen;
+  std::string data;
+  std::string config;
+};
+
+int fail(std::string_view what, const Error& e) {
+  std::cerr << "envd builder serve: " << what << ": " << e.message() << "\n";
+  return exit_code_for(e);
+}
+
+int run_serve(const ServeArgs& args) {
+  // Blocked here, before any thread exists, so that every thread inherits the mask and the
+  // signals wait for sigwait() below instead of killing the process mid-write.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // cpp-httplib 0.11 sends without MSG_NOSIGNAL: a client that hangs up mid-response would
+  // otherwise kill the builder with SIGPIPE instead of failing that one write with EPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
+
+  builder::BuilderConfig config;
+  if (!args.config.empty()) {
+    auto loaded = builder::load_builder_config(args.config);
+    if (!loaded) return fail("config", loaded.error());
+    config = std::move(*loaded);
+  }
+  if (!args.listen.empty()) {
+    auto address = builder::parse_listen_address(args.listen);
+    if (!address) {
+      std::cerr << "envd builder serve: --listen: " << address.error().message() << "\n";
+      return 2;
+    }
+    std::tie(config.listen_host, config.listen_port) = *address;
+  }
+  std::filesystem::path data = !args.data.empty()         ? std::filesystem::path(args.data)
+                               : !config.data_dir.empty() ? config.data_dir
+                                                          : envd_home() / "builder";
+  if (!config.mirrors.empty())
+    log::warn("builder", "mirrors are configured but not implemented yet; ignoring them");
+
+  // Before anything is created: a refused address must not leave a data directory behind.
+  if (auto auth = builder::Authenticator::create(config.auth, config.listen_host); !auth)
+    return fail("start", auth.error());
+  auto state = builder::BuilderState::open(data);
+  if (!state) return fail("open the builder data", state.error());
+  builder::ServerOptions options;
+  options.host = config.listen_host;
+  options.port = config.listen_port;
+  options.limits = config.limits;
+  options.auth = config.auth;
+  options.tls = config.tls;
+  options.upload_dir = data / "uploads";
+  auto server = builder::RegistryServer::create(*(*state)->blobs, *(*state)->index, options);
+  if (!server) return fail("start", server.error());
+
+  builder::EnvdApiOptions api_options;
+  api_options.limits = config.limits;
+  api_options.compression = config.compression;
+  api_options.plan.layer_cap = config.layer_cap;
+  api_options.envd_version = ENVD_VERSION;
+  auto api = builder::add_envd_api(**server, **state, api_options);
+
+  auto port = (*server)->start();
+  if (!port) return fail("start", port.error());
+  const std::string& host = config.listen_host;
+  std::string shown = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  std::cout << "envd builder listening on " << (config.tls ? "https" : "http") << "://" << shown
+            << ":" << *port << " (data " << data.string() << ")" << std::endl;
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  log::info("builder", "stopping", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  api->shutdown();  // ends long polls first, so that the server's stop does not wait for them
+  (*server)->stop();
+  return 0;
+}
+
+}  // namespace
+
+void add_builder_command(CLI::App& app, int& exit_code) {
+  auto* builder = app.add_subcommand("builder", "Run the builder service");
+  builder->require_subcommand(1);
+  auto args = std::make_shared<ServeArgs>();
+  auto* serve = builder->add_subcommand(
+      "serve", "Serve the OCI Distribution API and the envd API over a builder data directory");
+  serve->footer(
+      "Serves /v2/ (OCI Distribution API) and /envd/v1/ (envd API) until SIGTERM or SIGINT, then "
+      "exits 0. Prints \"envd builder listening on URL (data DIR)\" on stdout once listening. "
+      "Without tokens in the config only loopback addresses are allowed.");
+  serve->add_option("--listen", args->listen,
+                    "HOST:PORT to listen on ([IPv6]:PORT; port 0: any free port, printed); "
+                    "default: the config's listen, else 127.0.0.1:5000");
+  serve->add_option("--data", args->data,
+                    "Builder data directory; default: the config's data_dir, else "
+                    "$ENVD_HOME/builder (what `envd push` builds into without --builder)");
+  serve
+      ->add_option("--config", args->config,
+                   "Builder config YAML (schemas/builder-config.schema.json): tokens, TLS, "
+                   "limits, compression, layer cap")
+      ->check(CLI::ExistingFile);
+  serve->callback([args, &exit_code] { exit_code = run_serve(*args); });
+  add_builder_mirror_command(*builder, exit_code);
+}
+
+}  // namespace envd::cli
