@@ -77,4 +77,26 @@ std::filesystem::path envd_home() {
   return std::filesystem::path("/tmp/envd-home");
 }
 
+Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
+                                                const std::string& src, bool no_src,
+                                                const std::vector<std::string>& allow_secrets) {
+  agent::SnapshotOptions options;
+  if (prefixes.empty()) {
+    ENVD_TRY(auto p, default_prefix());
+    options.prefixes.push_back(p);
+  } else {
+    for (const auto& p : prefixes) options.prefixes.emplace_back(p);
+  }
+  if (!src.empty()) {
+    options.src = src;
+  } else if (!no_src) {
+    std::error_code ec;
+    if (auto tree = enclosing_work_tree(std::filesystem::current_path(ec))) options.src = *tree;
+  }
+  options.state_dir = envd_home();
+  options.secret_allow = allow_secrets;
+  options.envd_version = ENVD_VERSION;
+  return options;
+}
+
 }  // namespace envd::cli

@@ -4,6 +4,10 @@
 
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/snapshotter.hpp"
 
 #include "envd/util/error.hpp"
 
@@ -18,5 +22,11 @@ std::optional<std::filesystem::path> enclosing_work_tree(const std::filesystem::
 
 // $ENVD_HOME, else ~/.local/share/envd.
 std::filesystem::path envd_home();
+
+// Snapshot options from the scan flags shared by snapshot, push and diff, with the defaults
+// above for what is not given. Errors: not_found when no environment can be found.
+Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
+                                                const std::string& src, bool no_src,
+                                                const std::vector<std::string>& allow_secrets);
 
 }  // namespace envd::cli

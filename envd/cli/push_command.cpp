@@ -65,28 +65,13 @@ int run_push(const PushArgs& args) {
   builder::Compression compression = builder::Compression::zstd;
   if (args.compression == "gzip") compression = builder::Compression::gzip;
 
-  agent::SnapshotOptions options;
-  if (args.prefixes.empty()) {
-    auto p = default_prefix();
-    if (!p) return fail("find the environment", p.error());
-    options.prefixes.push_back(*p);
-  } else {
-    for (const auto& p : args.prefixes) options.prefixes.emplace_back(p);
-  }
-  if (!args.src.empty()) {
-    options.src = args.src;
-  } else if (!args.no_src) {
-    std::error_code ec;
-    if (auto tree = enclosing_work_tree(std::filesystem::current_path(ec))) options.src = *tree;
-  }
-  options.state_dir = envd_home();
-  options.secret_allow = args.allow_secrets;
-  options.envd_version = ENVD_VERSION;
+  auto options = snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets);
+  if (!options) return fail("find the environment", options.error());
 
   agent::HashProgress progress;
   auto snap = [&] {
     HashProgressLine line(progress, "hashing");
-    return agent::take_snapshot(options, &progress);
+    return agent::take_snapshot(*options, &progress);
   }();
   if (!snap) return fail("snapshot", snap.error());
 

@@ -78,31 +78,16 @@ void print_json(const agent::SnapshotOutcome& out) {
 }
 
 int run_snapshot(const SnapshotArgs& args) {
-  agent::SnapshotOptions options;
-  if (args.prefixes.empty()) {
-    auto p = default_prefix();
-    if (!p) {
-      log::error("snapshot", p.error().message());
-      return exit_code_for(p.error());
-    }
-    options.prefixes.push_back(*p);
-  } else {
-    for (const auto& p : args.prefixes) options.prefixes.emplace_back(p);
+  auto options = snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets);
+  if (!options) {
+    std::cerr << "envd snapshot: " << options.error().message() << "\n";
+    return exit_code_for(options.error());
   }
-  if (!args.src.empty()) {
-    options.src = args.src;
-  } else if (!args.no_src) {
-    std::error_code ec;
-    if (auto tree = enclosing_work_tree(std::filesystem::current_path(ec))) options.src = *tree;
-  }
-  options.state_dir = envd_home();
-  options.secret_allow = args.allow_secrets;
-  options.envd_version = ENVD_VERSION;
 
   agent::HashProgress progress;
   Result<agent::SnapshotOutcome> outcome = [&] {
     HashProgressLine line(progress, "hashing");
-    return agent::take_snapshot(options, &progress);
+    return agent::take_snapshot(*options, &progress);
   }();
   if (!outcome) {
     log::error("snapshot", "snapshot failed", {{"error", outcome.error().message()}});
