@@ -134,6 +134,7 @@ HttpResponse put_manifest(RegistryContext& ctx, const HttpRequest& req) {
   if (!ref.digest) tag = ref.tag;
   if (auto r = ctx.index.put_manifest(repo, digest, info->media_type, tag); !r)
     return error_response(r.error(), ErrorSubject::manifest);
+  if (tag && ctx.on_tag_changed) ctx.on_tag_changed(repo);
 
   HttpResponse r;
   r.status = 201;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,6 +39,7 @@ struct RegistryContext {
   Limits limits;
   std::filesystem::path upload_dir;
   UploadLocks upload_locks;
+  std::function<void(const std::string&)> on_tag_changed;
 };
 
 // GET /v2/, manifests (GET, HEAD, PUT), tags list.

@@ -101,6 +101,9 @@ struct ServerOptions {
   std::filesystem::path upload_dir;
   unsigned threads = 32;  // connections served at once (each keep-alive connection holds one)
   std::int64_t upload_session_ttl_seconds = 24 * 3600;  // older sessions are dropped at create()
+  // Called (on the serving thread) after a manifest PUT moved a tag of `repository`, so that tag
+  // watchers (the envd API's long polls) wake at once.
+  std::function<void(const std::string& repository)> on_tag_changed;
 };
 
 // Thread-safe once started; add_route() only before start().

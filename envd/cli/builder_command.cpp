@@ -74,6 +74,12 @@ int run_serve(const ServeArgs& args) {
   options.auth = config.auth;
   options.tls = config.tls;
   options.upload_dir = data / "uploads";
+  // Tag watchers wake when an OCI client pushes a tag, not only when a build moves one. The API
+  // exists only once the server does; requests start after start(), when the slot is set.
+  auto api_slot = std::make_shared<std::shared_ptr<builder::EnvdApi>>();
+  options.on_tag_changed = [api_slot](const std::string&) {
+    if (*api_slot) (*api_slot)->tags_changed();
+  };
   auto server = builder::RegistryServer::create(*(*state)->blobs, *(*state)->index, options);
   if (!server) return fail("start", server.error());
 
@@ -83,6 +89,7 @@ int run_serve(const ServeArgs& args) {
   api_options.plan.layer_cap = config.layer_cap;
   api_options.envd_version = ENVD_VERSION;
   auto api = builder::add_envd_api(**server, **state, api_options);
+  *api_slot = api;
 
   auto port = (*server)->start();
   if (!port) return fail("start", port.error());

@@ -339,6 +339,30 @@ TEST_CASE("manifests: push by tag and digest, pull with stored type, missing blo
   CHECK(c.Delete(("/v2/team/app/manifests/" + img.digest).c_str())->status == 405);
 }
 
+TEST_CASE("a manifest PUT by tag reports the moved tag; a PUT by digest does not") {
+  std::vector<std::string> moved;
+  std::mutex mutex;
+  ServerOptions o;
+  o.on_tag_changed = [&](const std::string& repo) {
+    std::lock_guard lock(mutex);
+    moved.push_back(repo);
+  };
+  Registry reg(o);
+  auto c = reg.client();
+  auto img = make_image({"only layer"});
+  push_blob(c, "team/app", img.config);
+  for (const auto& l : img.layers) push_blob(c, "team/app", l);
+  auto by_digest = put_manifest(c, "team/app", digest_of(img.manifest), img.manifest);
+  REQUIRE(by_digest);
+  CHECK(by_digest->status == 201);
+  CHECK(moved.empty());
+  auto by_tag = put_manifest(c, "team/app", "v2", img.manifest);
+  REQUIRE(by_tag);
+  CHECK(by_tag->status == 201);
+  std::lock_guard lock(mutex);
+  CHECK(moved == std::vector<std::string>{"team/app"});
+}
+
 TEST_CASE("Range requests get 206 with the exact bytes") {
   Registry reg;
   auto c = reg.client();
