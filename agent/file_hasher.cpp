@@ -46,7 +46,8 @@ Result<Hashed> hash_stable(const std::string& path) {
       ::close(fd);
       return Error(ErrorCode::failed_precondition, path + " is no longer a regular file");
     }
-    auto hashed = oci::sha256_fd(fd, path);
+    // Reading exactly st_size bytes is enough: the fstat after the read proves the size held.
+    auto hashed = oci::sha256_fd(fd, path, static_cast<std::uint64_t>(before.st_size));
     bool same = ::fstat(fd, &after) == 0 && key_of(before) == key_of(after);
     ::close(fd);
     if (!hashed) return hashed.error();

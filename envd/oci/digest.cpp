@@ -86,12 +86,13 @@ Digest sha256_of(std::string_view data) {
   return h.finish();
 }
 
-Result<FileDigest> sha256_fd(int fd, std::string_view what) {
+Result<FileDigest> sha256_fd(int fd, std::string_view what,
+                             std::optional<std::uint64_t> expected_size) {
   // 256 KiB reads: large enough to amortise syscalls, small enough to stay in L2.
   static thread_local std::vector<char> buf(256 * 1024);
   Sha256 h;
   std::uint64_t total = 0;
-  for (;;) {
+  while (!expected_size || total < *expected_size) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {
       if (errno == EINTR) continue;

@@ -141,3 +141,15 @@ TEST_CASE("sha256_file errors: missing file is not_found, a symlink is refused")
 }
 
 }  // namespace envd::oci
+
+TEST_CASE("sha256_fd with an expected size reads exactly that many bytes") {
+  envd::test::ScratchDir dir;
+  envd::test::write_file(dir / "f", "abcdef");
+  int fd = ::open((dir / "f").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  auto r = envd::oci::sha256_fd(fd, "f", 3);
+  ::close(fd);
+  REQUIRE(r);
+  CHECK(r->size == 3);
+  CHECK(r->digest == envd::oci::sha256_of("abc"));
+}
