@@ -93,7 +93,9 @@ Result<FileDigest> sha256_fd(int fd, std::string_view what,
   Sha256 h;
   std::uint64_t total = 0;
   while (!expected_size || total < *expected_size) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    std::size_t want = buf.size();
+    if (expected_size) want = static_cast<std::size_t>(std::min<std::uint64_t>(want, *expected_size - total));
+    ssize_t n = ::read(fd, buf.data(), want);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Error::from_errno("read " + std::string(what), errno);
