@@ -31,24 +31,33 @@ struct Hashed {
   StatKey key;
 };
 
-Result<Hashed> hash_stable(const std::string& path) {
+// `walked` is the stat the walk saw. On the first attempt it stands in for the stat before the
+// read: if the stat after the read equals it, nothing changed from the walk to the end of the
+// read, so the bytes read are the content of that stat (one fstat less per file). Any difference
+// falls back to fstat before and after.
+Result<Hashed> hash_stable(const std::string& path, const StatKey& walked) {
   for (int attempt = 0; attempt < k_max_attempts; ++attempt) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
     if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return Error::from_errno("read " + path, errno);
-    struct stat before {}, after {};
-    if (::fstat(fd, &before) != 0) {
-      int err = errno;
-      ::close(fd);
-      return Error::from_errno("stat " + path, err);
+    StatKey before = walked;
+    if (attempt > 0) {
+      struct stat st {};
+      if (::fstat(fd, &st) != 0) {
+        int err = errno;
+        ::close(fd);
+        return Error::from_errno("stat " + path, err);
+      }
+      if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return Error(ErrorCode::failed_precondition, path + " is no longer a regular file");
+      }
+      before = key_of(st);
     }
-    if (!S_ISREG(before.st_mode)) {
-      ::close(fd);
-      return Error(ErrorCode::failed_precondition, path + " is no longer a regular file");
-    }
-    // Reading exactly st_size bytes is enough: the fstat after the read proves the size held.
-    auto hashed = oci::sha256_fd(fd, path, static_cast<std::uint64_t>(before.st_size));
-    bool same = ::fstat(fd, &after) == 0 && key_of(before) == key_of(after);
+    // Reading exactly the size expected is enough: the fstat after the read proves it held.
+    auto hashed = oci::sha256_fd(fd, path, before.size);
+    struct stat after {};
+    bool same = ::fstat(fd, &after) == 0 && S_ISREG(after.st_mode) && before == key_of(after);
     ::close(fd);
     if (!hashed) return hashed.error();
     if (same && hashed->size == static_cast<std::uint64_t>(after.st_size))
@@ -101,7 +110,7 @@ Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFil
       WalkedFile& f = *misses[k];
       path.resize(base);
       path += f.path;
-      auto r = hash_stable(path);
+      auto r = hash_stable(path, f.key);
       if (!r) {
         std::lock_guard lock(mutex);
         if (!first_error) first_error = r.error();
