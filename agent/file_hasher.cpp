@@ -64,8 +64,7 @@ Result<Hashed> hash_stable(const std::string& path, const StatKey& walked) {
       return Hashed{hashed->digest, key_of(after)};
   }
   return Error(ErrorCode::failed_precondition,
-               path + " kept changing while it was read (" +
-                   std::to_string(k_max_attempts) +
+               path + " kept changing while it was read (" + std::to_string(k_max_attempts) +
                    " attempts); stop the program writing it or exclude it with .envdignore");
 }
 
@@ -125,9 +124,10 @@ Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFil
       progress.bytes_hashed += r->key.size;
     }
   };
-  unsigned threads = options.threads != 0 ? options.threads
-                                          : std::max(1u, std::thread::hardware_concurrency());
-  threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(1, misses.size())));
+  unsigned threads =
+      options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(
+      std::min<std::size_t>(threads, std::max<std::size_t>(1, misses.size())));
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
   worker();

@@ -10,9 +10,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -117,8 +117,8 @@ class TreeWalker {
     std::filesystem::path abs = rel.empty() ? m_root : m_root / rel;
     int fd = ::open(abs.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-      m_diagnostics.warn(abs.string(), "cannot read directory, skipped: " +
-                                           std::string(std::strerror(errno)));
+      m_diagnostics.warn(abs.string(),
+                         "cannot read directory, skipped: " + std::string(std::strerror(errno)));
       return;
     }
     DIR* d = ::fdopendir(fd);
@@ -177,7 +177,11 @@ bool is_valid_utf8(std::string_view s) {
   std::size_t i = 0;
   while (i < s.size()) {
     auto c = static_cast<unsigned char>(s[i]);
-    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    std::size_t len = c < 0x80           ? 1
+                      : (c >> 5) == 0x6  ? 2
+                      : (c >> 4) == 0xe  ? 3
+                      : (c >> 3) == 0x1e ? 4
+                                         : 0;
     if (len == 0 || i + len > s.size()) return false;
     for (std::size_t k = 1; k < len; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
@@ -217,13 +221,14 @@ Result<std::vector<WalkedFile>> walk_tree(const std::filesystem::path& root,
   if (::stat(root.c_str(), &st) != 0) return Error::from_errno("walk " + root.string(), errno);
   if (!S_ISDIR(st.st_mode))
     return Error(ErrorCode::invalid_argument, root.string() + " is not a directory");
-  unsigned threads = options.threads != 0 ? options.threads
-                                          : std::max(2u, std::thread::hardware_concurrency());
+  unsigned threads =
+      options.threads != 0 ? options.threads : std::max(2u, std::thread::hardware_concurrency());
   return TreeWalker(root, diagnostics).run(threads);
 }
 
 std::vector<WalkedFile> stat_paths(const std::filesystem::path& root,
-                                   const std::vector<std::string>& paths, Diagnostics& diagnostics) {
+                                   const std::vector<std::string>& paths,
+                                   Diagnostics& diagnostics) {
   std::vector<WalkedFile> out;
   out.reserve(paths.size());
   int rootfd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -234,7 +239,8 @@ std::vector<WalkedFile> stat_paths(const std::filesystem::path& root,
   for (const auto& p : paths) {
     struct stat st {};
     if (::fstatat(rootfd, p.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-      diagnostics.warn((root / p).string(), "cannot stat, skipped: " + std::string(std::strerror(errno)));
+      diagnostics.warn((root / p).string(),
+                       "cannot stat, skipped: " + std::string(std::strerror(errno)));
       continue;
     }
     if (S_ISDIR(st.st_mode)) continue;

@@ -43,8 +43,8 @@ struct WalkOptions {
 // through symlinks); FIFOs, sockets and devices are skipped with a warning; unreadable directories
 // and non-UTF-8 names are skipped with a warning naming them. Errors: not_found / invalid_argument
 // when root is missing or not a directory.
-Result<std::vector<WalkedFile>> walk_tree(const std::filesystem::path& root, const WalkOptions& options,
-                                          Diagnostics& diagnostics);
+Result<std::vector<WalkedFile>> walk_tree(const std::filesystem::path& root,
+                                          const WalkOptions& options, Diagnostics& diagnostics);
 
 // lstat of each root-relative path (files and symlinks; directories are skipped). Paths that
 // vanished are skipped with a warning. Output sorted by path.

@@ -142,8 +142,8 @@ Result<Environment> scan_partial(const std::filesystem::path& base, bool with_si
   env.partial = true;
   ENVD_TRY(auto paths, base_interpreter_paths(base, with_site_packages, ctx.diagnostics));
   auto files = stat_paths(base, paths, ctx.diagnostics);
-  ENVD_TRY(auto records, read_records(base, EnvironmentKind::prefix, with_site_packages,
-                                      ctx.diagnostics));
+  ENVD_TRY(auto records,
+           read_records(base, EnvironmentKind::prefix, with_site_packages, ctx.diagnostics));
   ENVD_TRY_VOID(assemble(env, files, records, ctx));
   return env;
 }

@@ -65,13 +65,15 @@ bool is_within(const std::filesystem::path& inner, const std::filesystem::path& 
   return !rel.empty() && *rel.begin() != "..";
 }
 
-Result<snapshot::SourceTree> scan_source(const std::filesystem::path& root, snapshot::SourceRole role,
-                                         const SnapshotOptions& options, ScanContext& ctx) {
+Result<snapshot::SourceTree> scan_source(const std::filesystem::path& root,
+                                         snapshot::SourceRole role, const SnapshotOptions& options,
+                                         ScanContext& ctx) {
   SourceOptions source_options;
   source_options.extra_ignores = options.extra_ignores;
   ENVD_TRY(auto listing, list_source_tree(root, source_options, ctx.diagnostics));
   for (const auto& p : listing.paths) {
-    auto rule = secret_rule_for(p, secret_rule_needs_head(p) ? read_head(listing.root / p) : std::string());
+    auto rule =
+        secret_rule_for(p, secret_rule_needs_head(p) ? read_head(listing.root / p) : std::string());
     if (rule && !secret_allowed(p, options.secret_allow)) {
       return Error(ErrorCode::permission_denied,
                    (listing.root / p).string() + ": blocked by secret rule \"" + *rule +

@@ -531,4 +531,3 @@ Result<SourceListing> list_source_tree(const std::filesystem::path& root,
 }
 
 }  // namespace envd::agent
-

@@ -108,12 +108,15 @@ struct StatCache::Db {
 
 StatCache::~StatCache() = default;
 
-std::unique_ptr<StatCache> StatCache::in_memory() { return std::unique_ptr<StatCache>(new StatCache()); }
+std::unique_ptr<StatCache> StatCache::in_memory() {
+  return std::unique_ptr<StatCache>(new StatCache());
+}
 
 Result<std::unique_ptr<StatCache>> StatCache::open(const std::filesystem::path& db_path) {
   std::error_code ec;
   std::filesystem::create_directories(db_path.parent_path(), ec);
-  if (ec) return Error(ErrorCode::io, "create " + db_path.parent_path().string() + ": " + ec.message());
+  if (ec)
+    return Error(ErrorCode::io, "create " + db_path.parent_path().string() + ": " + ec.message());
   auto cache = std::unique_ptr<StatCache>(new StatCache());
   cache->m_db = std::make_unique<Db>();
   cache->m_db->path = db_path;
@@ -123,8 +126,8 @@ Result<std::unique_ptr<StatCache>> StatCache::open(const std::filesystem::path& 
     return sqlite_error(db, db_path, "open");
   sqlite3_busy_timeout(db, 10000);
   ENVD_TRY_VOID(exec(db, db_path, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"));
-  ENVD_TRY_VOID(exec(db, db_path,
-                     "CREATE TABLE IF NOT EXISTS stat_roots (root TEXT PRIMARY KEY, entries BLOB)"));
+  ENVD_TRY_VOID(exec(
+      db, db_path, "CREATE TABLE IF NOT EXISTS stat_roots (root TEXT PRIMARY KEY, entries BLOB)"));
   return cache;
 }
 
@@ -141,7 +144,8 @@ Result<const StatCacheRoot*> StatCache::root(const std::string& root) {
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW) {
       const auto* data = static_cast<const char*>(sqlite3_column_blob(stmt, 0));
-      std::string blob(data != nullptr ? data : "", static_cast<std::size_t>(sqlite3_column_bytes(stmt, 0)));
+      std::string blob(data != nullptr ? data : "",
+                       static_cast<std::size_t>(sqlite3_column_bytes(stmt, 0)));
       *entry = StatCacheRoot::unpack(std::move(blob));
     }
     sqlite3_finalize(stmt);

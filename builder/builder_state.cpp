@@ -6,7 +6,9 @@ namespace envd::builder {
 Result<std::unique_ptr<BuilderState>> BuilderState::open(const std::filesystem::path& dir) {
   auto state = std::make_unique<BuilderState>();
   state->dir = dir;
-  auto context = [&](const Error& e) { return e.with_context("open builder data " + dir.string()); };
+  auto context = [&](const Error& e) {
+    return e.with_context("open builder data " + dir.string());
+  };
   auto blobs = store::FsBlobStore::create(dir);
   if (!blobs) return context(blobs.error());
   state->blobs = std::move(*blobs);

@@ -32,7 +32,9 @@ Result<std::string> stable_document(const snapshot::Snapshot& snap) {
 
 }  // namespace
 
-std::string snapshot_tag(const oci::Digest& digest) { return "sha256-" + std::string(digest.hex()); }
+std::string snapshot_tag(const oci::Digest& digest) {
+  return "sha256-" + std::string(digest.hex());
+}
 
 std::vector<std::string> image_env(const snapshot::Snapshot& snap) {
   std::vector<std::string> env;
@@ -59,7 +61,8 @@ std::vector<std::string> image_env(const snapshot::Snapshot& snap) {
 Result<BuildResult> ImageBuilder::build(const snapshot::Snapshot& snapshot, ContentSource& content,
                                         const BuildOptions& options, BuildProgress* progress) {
   if (!is_valid_repository(options.repository))
-    return Error(ErrorCode::invalid_argument, "invalid repository name \"" + options.repository + "\"");
+    return Error(ErrorCode::invalid_argument,
+                 "invalid repository name \"" + options.repository + "\"");
   if (!is_valid_tag(options.tag))
     return Error(ErrorCode::invalid_argument, "invalid tag \"" + options.tag + "\"");
   ENVD_TRY(auto digest, snapshot::digest_of(snapshot));
@@ -103,8 +106,13 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   ENVD_TRY(auto document_digest, m_blobs.put(document));
   PlannedLayer meta;
   meta.name = "snapshot";
-  meta.entries.push_back(LayerEntry{std::string(k_snapshot_path), snapshot::FileType::regular, 0644,
-                                    document.size(), document_digest, {}, {}});
+  meta.entries.push_back(LayerEntry{std::string(k_snapshot_path),
+                                    snapshot::FileType::regular,
+                                    0644,
+                                    document.size(),
+                                    document_digest,
+                                    {},
+                                    {}});
   meta.bytes = document.size();
   meta.key = layer_key(meta.entries, "envd-snapshot-layer-v1");
   plan.push_back(std::move(meta));
@@ -137,10 +145,11 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
       const auto& layer = plan[to_build[k]];
       ContentSource& source = layer.name == "snapshot" ? from_store : content;
       auto r = write_layer(layer.entries, source, options.compression, m_blobs);
-      if (r) r = [&]() -> Result<BuiltLayer> {
-        ENVD_TRY_VOID(m_cache.put(layer.key, options.compression, *r));
-        return *r;
-      }();
+      if (r)
+        r = [&]() -> Result<BuiltLayer> {
+          ENVD_TRY_VOID(m_cache.put(layer.key, options.compression, *r));
+          return *r;
+        }();
       if (!r) {
         std::lock_guard lock(error_mutex);
         if (!first_error) first_error = r.error().with_context("build layer " + layer.name);
@@ -153,8 +162,10 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
       built[to_build[k]] = std::move(*r);
     }
   };
-  unsigned threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-  threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(to_build.size(), 1)));
+  unsigned threads =
+      options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(
+      std::min<std::size_t>(threads, std::max<std::size_t>(to_build.size(), 1)));
   std::vector<std::thread> pool;
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
   worker();
@@ -168,7 +179,8 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   config.working_dir = working_dir(snapshot);
   config.labels[std::string(oci::k_label_snapshot_digest)] = digest.str();
   config.labels[std::string(oci::k_label_envd_version)] = options.envd_version;
-  oci::ImageManifest manifest{oci::Descriptor{std::string(oci::media_type::k_config), digest, 0, {}}, {}, {}};
+  oci::ImageManifest manifest{
+      oci::Descriptor{std::string(oci::media_type::k_config), digest, 0, {}}, {}, {}};
   for (const auto& b : built) {
     config.diff_ids.push_back(b->diff_id);
     manifest.layers.push_back(b->blob);
@@ -188,10 +200,16 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
                                      std::string(oci::media_type::k_manifest),
                                      {options.tag, immutable}));
 
-  BuildResult result{manifest_digest, digest, manifest_json.size(), plan.size(),
+  BuildResult result{manifest_digest,
+                     digest,
+                     manifest_json.size(),
+                     plan.size(),
                      static_cast<std::size_t>(progress.layers_reused.load()),
-                     progress.bytes_written.load(), {options.tag, immutable}, 0};
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+                     progress.bytes_written.load(),
+                     {options.tag, immutable},
+                     0};
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
 }
 

@@ -37,7 +37,8 @@ Result<std::unique_ptr<LayerCache>> LayerCache::open(const std::filesystem::path
   cache->m_db = std::make_unique<Db>();
   cache->m_db->path = db_path;
   sqlite3*& db = cache->m_db->handle;
-  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+  if (sqlite3_open_v2(db_path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK)
     return db_error(db, db_path, "open");
   sqlite3_busy_timeout(db, 10000);
@@ -52,7 +53,8 @@ Result<std::unique_ptr<LayerCache>> LayerCache::open(const std::filesystem::path
   return cache;
 }
 
-Result<std::optional<BuiltLayer>> LayerCache::find(const oci::Digest& key, Compression compression) {
+Result<std::optional<BuiltLayer>> LayerCache::find(const oci::Digest& key,
+                                                   Compression compression) {
   std::lock_guard lock(m_db->mutex);
   sqlite3* db = m_db->handle;
   sqlite3_stmt* stmt = nullptr;
@@ -71,8 +73,10 @@ Result<std::optional<BuiltLayer>> LayerCache::find(const oci::Digest& key, Compr
     auto digest = oci::Digest::parse(text(stmt, 1));
     auto diff_id = oci::Digest::parse(text(stmt, 3));
     if (digest && diff_id) {
-      BuiltLayer layer{oci::Descriptor{text(stmt, 0), *digest,
-                                       static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 2)), {}},
+      BuiltLayer layer{oci::Descriptor{text(stmt, 0),
+                                       *digest,
+                                       static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 2)),
+                                       {}},
                        *diff_id, static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 4)),
                        static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 5))};
       out = std::move(layer);
@@ -83,17 +87,19 @@ Result<std::optional<BuiltLayer>> LayerCache::find(const oci::Digest& key, Compr
   return out;
 }
 
-Result<void> LayerCache::put(const oci::Digest& key, Compression compression, const BuiltLayer& layer) {
+Result<void> LayerCache::put(const oci::Digest& key, Compression compression,
+                             const BuiltLayer& layer) {
   std::lock_guard lock(m_db->mutex);
   sqlite3* db = m_db->handle;
   sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db,
-                         "INSERT OR REPLACE INTO layer_cache (key, compression, media_type, digest,"
-                         " size, diff_id, uncompressed_size, files) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         -1, &stmt, nullptr) != SQLITE_OK)
+  if (sqlite3_prepare_v2(
+          db,
+          "INSERT OR REPLACE INTO layer_cache (key, compression, media_type, digest,"
+          " size, diff_id, uncompressed_size, files) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+          -1, &stmt, nullptr) != SQLITE_OK)
     return db_error(db, m_db->path, "write");
-  std::string values[] = {key.str(), std::string(media_type_for(compression)), layer.blob.media_type,
-                          layer.blob.digest.str(), layer.diff_id.str()};
+  std::string values[] = {key.str(), std::string(media_type_for(compression)),
+                          layer.blob.media_type, layer.blob.digest.str(), layer.diff_id.str()};
   sqlite3_bind_text(stmt, 1, values[0].c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(stmt, 2, values[1].c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(stmt, 3, values[2].c_str(), -1, SQLITE_TRANSIENT);

@@ -60,9 +60,10 @@ PlannedLayer finish(std::string name, std::vector<Unit*> units) {
             [](const LayerEntry& a, const LayerEntry& b) { return a.path < b.path; });
   // A path can come twice only from nested roots (an environment inside another's prefix); a tar
   // must not hold it twice, and the first unit's copy is as good as the other's.
-  layer.entries.erase(std::unique(layer.entries.begin(), layer.entries.end(),
-                                  [](const LayerEntry& a, const LayerEntry& b) { return a.path == b.path; }),
-                      layer.entries.end());
+  layer.entries.erase(
+      std::unique(layer.entries.begin(), layer.entries.end(),
+                  [](const LayerEntry& a, const LayerEntry& b) { return a.path == b.path; }),
+      layer.entries.end());
   layer.key = layer_key(layer.entries, k_format);
   return layer;
 }
@@ -77,8 +78,8 @@ oci::Digest layer_key(const std::vector<LayerEntry>& entries, std::string_view f
     h.update(e.path);
     h.update("\0", 1);
     char meta[32];
-    int n = std::snprintf(meta, sizeof meta, "%d %o ", e.type == snapshot::FileType::regular ? 0 : 1,
-                          e.mode);
+    int n = std::snprintf(meta, sizeof meta, "%d %o ",
+                          e.type == snapshot::FileType::regular ? 0 : 1, e.mode);
     h.update(meta, static_cast<std::size_t>(n));
     if (e.type == snapshot::FileType::regular) {
       h.update(e.digest ? e.digest->view() : std::string_view());
@@ -108,7 +109,8 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
     add_files(per_env[i].unowned, env.prefix, env.unowned);
     for (const auto& p : env.packages) {
       Unit u;
-      u.name = "pkg:" + env.prefix + ":" + std::string(snapshot::to_string(p.manager)) + ":" + p.name;
+      u.name =
+          "pkg:" + env.prefix + ":" + std::string(snapshot::to_string(p.manager)) + ":" + p.name;
       add_files(u, env.prefix, p.files);
       per_env[i].packages.push_back(std::move(u));
     }
@@ -121,8 +123,10 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
   // Fixed layers: one unowned layer per environment, one per source tree, and the groups. The
   // rest of the cap goes to the largest packages at or above the threshold.
   std::size_t fixed = envs.size() + sources.size() + 1 /* snapshot document */;
-  std::size_t groups = std::min(options.groups, options.layer_cap > fixed + 1 ? options.layer_cap - fixed - 1 : 1);
-  std::size_t own_budget = options.layer_cap > fixed + groups ? options.layer_cap - fixed - groups : 0;
+  std::size_t groups =
+      std::min(options.groups, options.layer_cap > fixed + 1 ? options.layer_cap - fixed - 1 : 1);
+  std::size_t own_budget =
+      options.layer_cap > fixed + groups ? options.layer_cap - fixed - groups : 0;
   std::vector<Unit*> candidates;
   for (auto& e : per_env)
     for (auto& u : e.packages)
@@ -150,9 +154,11 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
       }
     }
   }
-  std::sort(own_units.begin(), own_units.end(), [](const Unit* a, const Unit* b) { return a->name < b->name; });
+  std::sort(own_units.begin(), own_units.end(),
+            [](const Unit* a, const Unit* b) { return a->name < b->name; });
   for (auto* u : own_units) layers.push_back(finish(u->name, {u}));
-  for (auto& [index, units] : grouped) layers.push_back(finish("group:" + std::to_string(index), units));
+  for (auto& [index, units] : grouped)
+    layers.push_back(finish("group:" + std::to_string(index), units));
   for (auto& s : sources) {
     if (!s.entries.empty()) layers.push_back(finish(s.name, {&s}));
   }

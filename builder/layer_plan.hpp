@@ -15,14 +15,14 @@
 namespace envd::builder {
 
 struct PlanOptions {
-  std::size_t layer_cap = 64;                         // the manifest never has more layers
-  std::uint64_t own_layer_bytes = 8 * 1000 * 1000;    // units this big get their own layer
-  std::size_t groups = 16;                            // stable groups for the small units
+  std::size_t layer_cap = 64;                       // the manifest never has more layers
+  std::uint64_t own_layer_bytes = 8 * 1000 * 1000;  // units this big get their own layer
+  std::size_t groups = 16;                          // stable groups for the small units
 };
 
 struct PlannedLayer {
-  std::string name;                // "pkg:numpy", "group:3", "unowned:/opt/env", "src:/home/u/p"
-  std::vector<LayerEntry> entries; // sorted by path, with `source` set to the file's own path
+  std::string name;                 // "pkg:numpy", "group:3", "unowned:/opt/env", "src:/home/u/p"
+  std::vector<LayerEntry> entries;  // sorted by path, with `source` set to the file's own path
   std::uint64_t bytes = 0;
   // Digest over everything that decides the layer's bytes (paths, types, modes, content digests,
   // symlink targets, the layer format version): equal keys give equal layers.
@@ -31,7 +31,8 @@ struct PlannedLayer {
 
 // Pure and deterministic: the same snapshot and options give the same plan on any machine.
 // The snapshot document's own layer is not included (the image builder adds it last).
-std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snapshot, const PlanOptions& options);
+std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snapshot,
+                                      const PlanOptions& options);
 
 // The content key of a list of entries (see PlannedLayer::key), also used for the metadata layer.
 oci::Digest layer_key(const std::vector<LayerEntry>& entries, std::string_view format);

@@ -283,7 +283,8 @@ Result<void> RegistryIndex::commit_image(const std::string& repo,
                                          const std::vector<std::string>& tags) {
   ENVD_TRY_VOID(check_repo(repo));
   for (const auto& tag : tags)
-    if (!is_valid_tag(tag)) return Error(ErrorCode::invalid_argument, "invalid tag \"" + tag + "\"");
+    if (!is_valid_tag(tag))
+      return Error(ErrorCode::invalid_argument, "invalid tag \"" + tag + "\"");
   if (media_type.empty()) return Error(ErrorCode::invalid_argument, "empty manifest media type");
   std::lock_guard lock(m_db->mutex);
   return m_db->transaction([&]() -> Result<void> {

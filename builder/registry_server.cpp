@@ -332,9 +332,8 @@ Result<std::unique_ptr<RegistryServer>> RegistryServer::create(store::BlobStore&
   impl->http->Delete(".*", plain);
   impl->http->Delete(".*", streamed);
 
-  impl->ctx.reset(
-      new registry_detail::RegistryContext{blobs, index, options.limits, options.upload_dir, {},
-                                           options.on_tag_changed});
+  impl->ctx.reset(new registry_detail::RegistryContext{
+      blobs, index, options.limits, options.upload_dir, {}, options.on_tag_changed});
   std::unique_ptr<RegistryServer> server(new RegistryServer(std::move(impl)));
   if (auto r = registry_detail::drop_stale_uploads(*server->m_impl->ctx,
                                                    options.upload_session_ttl_seconds);

@@ -77,7 +77,8 @@ int run_push(const PushArgs& args) {
 
   std::string name = args.name;
   std::string tag = "latest";
-  if (auto colon = name.rfind(':'); colon != std::string::npos && name.find('/', colon) == std::string::npos) {
+  if (auto colon = name.rfind(':');
+      colon != std::string::npos && name.find('/', colon) == std::string::npos) {
     tag = name.substr(colon + 1);
     name = name.substr(0, colon);
   }
@@ -123,9 +124,9 @@ int run_push(const PushArgs& args) {
             << "  " << totals.packages << " packages, " << with_commas(totals.files) << " files, "
             << human_bytes(totals.bytes) << "\n"
             << "  " << result->layers << " layers (" << result->layers_reused << " reused, "
-            << (result->layers - result->layers_reused) << " new, " << human_bytes(result->bytes_written)
-            << " written) in " << secs << " s, embedded builder at " << (envd_home() / "builder").string()
-            << "\n";
+            << (result->layers - result->layers_reused) << " new, "
+            << human_bytes(result->bytes_written) << " written) in " << secs
+            << " s, embedded builder at " << (envd_home() / "builder").string() << "\n";
   return 0;
 }
 
@@ -133,16 +134,22 @@ int run_push(const PushArgs& args) {
 
 void add_push_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<PushArgs>();
-  auto* cmd = app.add_subcommand("push", "Snapshot the environment and build its image on the builder");
-  cmd->add_option("--prefix", args->prefixes, "Environment prefix (repeatable); default: the active environment");
-  cmd->add_option("--src", args->src, "Source tree root; default: the git work tree around the current directory");
+  auto* cmd =
+      app.add_subcommand("push", "Snapshot the environment and build its image on the builder");
+  cmd->add_option("--prefix", args->prefixes,
+                  "Environment prefix (repeatable); default: the active environment");
+  cmd->add_option("--src", args->src,
+                  "Source tree root; default: the git work tree around the current directory");
   cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
-  cmd->add_option("--name", args->name, "Image name NAMESPACE/NAME[:TAG]; default: local/<environment name>:latest");
-  cmd->add_option("--builder", args->builder, "Builder URL (default: $ENVD_BUILDER; none: the embedded builder)");
+  cmd->add_option("--name", args->name,
+                  "Image name NAMESPACE/NAME[:TAG]; default: local/<environment name>:latest");
+  cmd->add_option("--builder", args->builder,
+                  "Builder URL (default: $ENVD_BUILDER; none: the embedded builder)");
   cmd->add_option("--compression", args->compression, "Layer compression")
       ->check(CLI::IsMember({"zstd", "gzip"}));
   cmd->add_flag("--json", args->json, "Print one JSON object with the result on stdout");
-  cmd->add_option("--allow-secret", args->allow_secrets, "Allow a source path the secret deny-list blocks (repeatable)");
+  cmd->add_option("--allow-secret", args->allow_secrets,
+                  "Allow a source path the secret deny-list blocks (repeatable)");
   cmd->callback([args, &exit_code] { exit_code = run_push(*args); });
 }
 

@@ -15,7 +15,8 @@ Result<Digest> Digest::parse(std::string_view text) {
   constexpr std::string_view k_prefix = "sha256:";
   auto bad = [&](std::string_view why) {
     std::string shown(text.substr(0, 80));
-    return Error(ErrorCode::invalid_argument, "invalid digest \"" + shown + "\": " + std::string(why));
+    return Error(ErrorCode::invalid_argument,
+                 "invalid digest \"" + shown + "\": " + std::string(why));
   };
   if (text.substr(0, k_prefix.size()) != k_prefix) return bad("algorithm must be sha256");
   auto hex = text.substr(k_prefix.size());
@@ -94,7 +95,8 @@ Result<FileDigest> sha256_fd(int fd, std::string_view what,
   std::uint64_t total = 0;
   while (!expected_size || total < *expected_size) {
     std::size_t want = buf.size();
-    if (expected_size) want = static_cast<std::size_t>(std::min<std::uint64_t>(want, *expected_size - total));
+    if (expected_size)
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(want, *expected_size - total));
     ssize_t n = ::read(fd, buf.data(), want);
     if (n < 0) {
       if (errno == EINTR) continue;

@@ -26,7 +26,8 @@ inline constexpr std::string_view k_docker_manifest =
     "application/vnd.docker.distribution.manifest.v2+json";
 inline constexpr std::string_view k_docker_manifest_list =
     "application/vnd.docker.distribution.manifest.list.v2+json";
-inline constexpr std::string_view k_docker_config = "application/vnd.docker.container.image.v1+json";
+inline constexpr std::string_view k_docker_config =
+    "application/vnd.docker.container.image.v1+json";
 inline constexpr std::string_view k_docker_layer_gzip =
     "application/vnd.docker.image.rootfs.diff.tar.gzip";
 }  // namespace media_type
@@ -46,8 +47,8 @@ struct Descriptor {
 // The parts of the image config envd writes and reads.
 // https://github.com/opencontainers/image-spec/blob/v1.1.0/config.md
 struct ImageConfig {
-  std::string architecture;  // amd64
-  std::string os;            // linux
+  std::string architecture;      // amd64
+  std::string os;                // linux
   std::vector<std::string> env;  // "KEY=value"
   std::string working_dir;
   std::vector<std::string> cmd;

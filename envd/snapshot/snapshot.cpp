@@ -5,9 +5,12 @@ namespace envd::snapshot {
 
 std::string_view to_string(EnvironmentKind kind) {
   switch (kind) {
-    case EnvironmentKind::conda: return "conda";
-    case EnvironmentKind::prefix: return "prefix";
-    case EnvironmentKind::venv: return "venv";
+    case EnvironmentKind::conda:
+      return "conda";
+    case EnvironmentKind::prefix:
+      return "prefix";
+    case EnvironmentKind::venv:
+      return "venv";
   }
   return "prefix";
 }
@@ -16,7 +19,9 @@ std::string_view to_string(PackageManager manager) {
   return manager == PackageManager::conda ? "conda" : "pip";
 }
 
-std::string_view to_string(SourceRole role) { return role == SourceRole::src ? "src" : "editable"; }
+std::string_view to_string(SourceRole role) {
+  return role == SourceRole::src ? "src" : "editable";
+}
 
 bool is_safe_relative_path(std::string_view path) {
   if (path.empty() || path.front() == '/') return false;

@@ -21,7 +21,7 @@ enum class FileType { regular, symlink };
 
 // One file under a root (an environment prefix or a source tree).
 struct FileEntry {
-  std::string path;                   // relative, '/'-separated, normalised, never "..": see is_safe_relative_path
+  std::string path;  // relative, '/'-separated, normalised, never "..": see is_safe_relative_path
   FileType type = FileType::regular;
   std::optional<oci::Digest> digest;  // regular files only
   std::uint64_t size = 0;             // regular: bytes; symlink: 0
@@ -37,12 +37,12 @@ struct Package {
   std::string name;
   std::string version;
   PackageManager manager = PackageManager::pip;
-  std::string build;      // conda build string; empty for pip
-  std::string channel;    // conda channel (credentials redacted); empty for pip
-  std::string subdir;     // conda subdir, e.g. linux-64 or noarch
-  std::string installer;  // conda: "conda"; pip: INSTALLER file content ("pip", "uv", ...)
-  bool requested = false; // pip REQUESTED present / conda requested_spec set
-  std::string direct_url; // pip direct_url.json url (credentials redacted), if any
+  std::string build;       // conda build string; empty for pip
+  std::string channel;     // conda channel (credentials redacted); empty for pip
+  std::string subdir;      // conda subdir, e.g. linux-64 or noarch
+  std::string installer;   // conda: "conda"; pip: INSTALLER file content ("pip", "uv", ...)
+  bool requested = false;  // pip REQUESTED present / conda requested_spec set
+  std::string direct_url;  // pip direct_url.json url (credentials redacted), if any
   std::optional<std::string> editable_root;  // absolute source dir of an editable install
   std::vector<FileEntry> files;              // prefix-relative, sorted by path
   std::vector<std::string> modified;         // files whose content differs from the record, sorted
@@ -77,8 +77,9 @@ struct SourceTree {
   SourceRole role = SourceRole::src;
   std::optional<std::string> git_commit;  // hex; absent outside git or on an unborn branch
   bool dirty = false;                     // tracked changes or untracked files vs HEAD
-  std::map<std::string, std::uint64_t> ignored;  // rule origin (".gitignore", ".envdignore", ...) -> entries
-  std::vector<FileEntry> files;           // sorted by path
+  std::map<std::string, std::uint64_t>
+      ignored;                   // rule origin (".gitignore", ".envdignore", ...) -> entries
+  std::vector<FileEntry> files;  // sorted by path
 
   friend bool operator==(const SourceTree&, const SourceTree&) = default;
 };
@@ -96,7 +97,7 @@ struct Snapshot {
   std::vector<Environment> environments;  // in the order given (first is the primary)
   std::vector<SourceTree> sources;        // sorted by root
   // Volatile: excluded from the digest.
-  std::string created;       // RFC 3339 UTC
+  std::string created;  // RFC 3339 UTC
   std::string host;
   std::string envd_version;
 

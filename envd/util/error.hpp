@@ -40,7 +40,8 @@ class Error {
   // Returns a copy whose message is "context: message".
   Error with_context(std::string_view context) const;
 
-  // An io/not_found/permission_denied error from errno, naming what failed: "open /x: No such file".
+  // An io/not_found/permission_denied error from errno, naming what failed: "open /x: No such
+  // file".
   static Error from_errno(std::string_view what, int err);
 
  private:
@@ -52,7 +53,9 @@ class Error {
 struct Unexpected {
   Error error;
 };
-inline Unexpected unexpected(Error e) { return Unexpected{std::move(e)}; }
+inline Unexpected unexpected(Error e) {
+  return Unexpected{std::move(e)};
+}
 inline Unexpected unexpected(ErrorCode code, std::string message) {
   return Unexpected{Error(code, std::move(message))};
 }
@@ -126,13 +129,13 @@ int exit_code_for(const Error& error);
 #define ENVD_CONCAT_INNER(a, b) a##b
 #define ENVD_CONCAT(a, b) ENVD_CONCAT_INNER(a, b)
 #define ENVD_TRY(decl, expr) ENVD_TRY_IMPL(ENVD_CONCAT(envd_try_, __LINE__), decl, expr)
-#define ENVD_TRY_IMPL(tmp, decl, expr)        \
-  auto tmp = (expr);                          \
+#define ENVD_TRY_IMPL(tmp, decl, expr)              \
+  auto tmp = (expr);                                \
   if (!tmp) return ::envd::unexpected(tmp.error()); \
   decl = std::move(*tmp)
 // Propagates a failure from a Result<void>.
-#define ENVD_TRY_VOID(expr)                                    \
-  do {                                                         \
-    auto envd_try_void_ = (expr);                              \
+#define ENVD_TRY_VOID(expr)                                                 \
+  do {                                                                      \
+    auto envd_try_void_ = (expr);                                           \
     if (!envd_try_void_) return ::envd::unexpected(envd_try_void_.error()); \
   } while (0)

@@ -15,9 +15,8 @@ Result<nlohmann::json> parse(std::string_view text, std::string_view what) {
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    return Error(ErrorCode::invalid_argument,
-                 std::string(what) + ": invalid JSON at byte " + std::to_string(e.byte) + ": " +
-                     e.what());
+    return Error(ErrorCode::invalid_argument, std::string(what) + ": invalid JSON at byte " +
+                                                  std::to_string(e.byte) + ": " + e.what());
   }
 }
 

@@ -29,10 +29,14 @@ std::atomic<int>& current_level() {
 
 std::string_view level_name(Level l) {
   switch (l) {
-    case Level::debug: return "debug";
-    case Level::info: return "info";
-    case Level::warn: return "warn";
-    case Level::error: return "error";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info";
+    case Level::warn:
+      return "warn";
+    case Level::error:
+      return "error";
   }
   return "info";
 }
@@ -40,7 +44,8 @@ std::string_view level_name(Level l) {
 std::string timestamp() {
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char buf[64];
@@ -51,9 +56,13 @@ std::string timestamp() {
 
 }  // namespace
 
-void set_level(Level level) { current_level().store(static_cast<int>(level)); }
+void set_level(Level level) {
+  current_level().store(static_cast<int>(level));
+}
 
-bool enabled(Level level) { return static_cast<int>(level) >= current_level().load(); }
+bool enabled(Level level) {
+  return static_cast<int>(level) >= current_level().load();
+}
 
 std::string quote(std::string_view value) {
   bool needs = value.empty();
@@ -64,11 +73,20 @@ std::string quote(std::string_view value) {
   std::string out = "\"";
   for (char c : value) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default: out += c;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += c;
     }
   }
   out += '"';

@@ -13,11 +13,14 @@ namespace envd::log {
 class PhaseTimer {
  public:
   PhaseTimer(std::string component, std::string phase)
-      : m_component(std::move(component)), m_phase(std::move(phase)),
+      : m_component(std::move(component)),
+        m_phase(std::move(phase)),
         m_start(std::chrono::steady_clock::now()) {}
   ~PhaseTimer() {
     if (!enabled(Level::debug)) return;
-    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - m_start).count();
+    double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - m_start)
+            .count();
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", ms);
     debug(m_component, "phase done", {{"phase", m_phase}, {"ms", buf}});

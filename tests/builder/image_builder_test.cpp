@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/snapshotter.hpp"
-#include "builder/content_source.hpp"
 #include "builder/builder_state.hpp"
+#include "builder/content_source.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -30,9 +30,11 @@ void make_prefix(const std::filesystem::path& prefix) {
     std::string name = "p" + std::to_string(i);
     std::string site = "lib/python3.11/site-packages/";
     write_file(prefix / (site + name + "/__init__.py"), "X = " + std::to_string(i) + "\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"), "Name: " + name + "\nVersion: 1.0\n\n");
+    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"),
+               "Name: " + name + "\nVersion: 1.0\n\n");
     write_file(prefix / (site + name + "-1.0.dist-info/RECORD"),
-               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name + "-1.0.dist-info/RECORD,,\n");
+               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name +
+                   "-1.0.dist-info/RECORD,,\n");
   }
 }
 
@@ -44,7 +46,8 @@ snapshot::Snapshot take(const std::filesystem::path& prefix) {
   return out->snapshot;
 }
 
-BuildResult build(BuilderState& state, const snapshot::Snapshot& snap, Compression c = Compression::zstd) {
+BuildResult build(BuilderState& state, const snapshot::Snapshot& snap,
+                  Compression c = Compression::zstd) {
   FileContentSource files;
   BuildOptions options;
   options.repository = "team/env";
@@ -87,14 +90,17 @@ TEST_CASE("the same snapshot gives the same manifest, in the same and in a separ
   auto m = manifest_of(a, first.manifest_digest);
   CHECK(m["mediaType"] == "application/vnd.oci.image.manifest.v1+json");
   CHECK(m["layers"].size() == first.layers);
-  auto config = oci::parse_config(*a.blobs->read_all(*oci::Digest::parse(m["config"]["digest"].get<std::string>())));
+  auto config = oci::parse_config(
+      *a.blobs->read_all(*oci::Digest::parse(m["config"]["digest"].get<std::string>())));
   REQUIRE(config);
   CHECK(config->labels.at("dev.envd.snapshot.digest") == first.snapshot_digest.str());
-  CHECK(config->env[0] == "PATH=" + (dir / "env").string() + "/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  CHECK(config->env[0] == "PATH=" + (dir / "env").string() +
+                              "/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
   CHECK(config->diff_ids.size() == first.layers);
 }
 
-TEST_CASE("one changed file changes one content layer (and the snapshot layer); mtimes change nothing") {
+TEST_CASE(
+    "one changed file changes one content layer (and the snapshot layer); mtimes change nothing") {
   ScratchDir dir;
   make_prefix(dir / "env");
   auto state_ptr = *BuilderState::open(dir / "state");
@@ -103,7 +109,9 @@ TEST_CASE("one changed file changes one content layer (and the snapshot layer); 
   // mtime-only change: the same manifest.
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir / "env")) {
     if (!e.is_symlink() && e.is_regular_file()) {
-      struct utimbuf t{1000000, 1000000};
+      struct utimbuf t {
+        1000000, 1000000
+      };
       ::utime(e.path().c_str(), &t);
     }
   }
@@ -135,7 +143,9 @@ TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the sn
   for (const auto& l : m["layers"]) {
     auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
     REQUIRE(blob);
-    auto r = run_command({"sh", "-c", "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
+    auto r = run_command(
+        {"sh", "-c",
+         "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
     REQUIRE(r.exit_code == 0);
   }
   auto root = dir / "rootfs" / (dir / "env").relative_path();
@@ -147,13 +157,14 @@ TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the sn
         CHECK(std::filesystem::read_symlink(p).string() == f.target);
       } else {
         CHECK(oci::sha256_file(p)->digest == *f.digest);
-        struct stat st{};
+        struct stat st {};
         ::lstat(p.c_str(), &st);
         CHECK((st.st_mode & 07777) == f.mode);
       }
       ++checked;
     };
-    for (const auto& p : env.packages) for (const auto& f : p.files) check(f);
+    for (const auto& p : env.packages)
+      for (const auto& f : p.files) check(f);
     for (const auto& f : env.unowned) check(f);
   }
   CHECK(checked == snapshot::totals(snap).files);

@@ -56,7 +56,8 @@ std::map<std::string, std::string> keys(const std::vector<PlannedLayer>& plan) {
 
 }  // namespace
 
-TEST_CASE("the plan keeps absolute paths, gives big packages their own layer and is deterministic") {
+TEST_CASE(
+    "the plan keeps absolute paths, gives big packages their own layer and is deterministic") {
   auto snap = make_snapshot(30);
   auto plan = plan_layers(snap, {});
   auto again = plan_layers(snap, {});
@@ -66,8 +67,8 @@ TEST_CASE("the plan keeps absolute paths, gives big packages their own layer and
   CHECK(names.count("pkg:/opt/env:pip:numpy") == 1);
   CHECK(names.count("unowned:/opt/env") == 1);
   CHECK(names.count("src:/home/u/proj") == 1);
-  const auto& numpy = *std::find_if(plan.begin(), plan.end(),
-                                    [](const auto& l) { return l.name == "pkg:/opt/env:pip:numpy"; });
+  const auto& numpy = *std::find_if(
+      plan.begin(), plan.end(), [](const auto& l) { return l.name == "pkg:/opt/env:pip:numpy"; });
   REQUIRE(numpy.entries.size() == 1);
   CHECK(numpy.entries[0].path == "opt/env/lib/python3.11/site-packages/numpy/core.so");
   CHECK(numpy.entries[0].source == "/opt/env/lib/python3.11/site-packages/numpy/core.so");

@@ -47,7 +47,8 @@ struct Snapshot {
 
 Snapshot snapshot(const ScratchDir& dir, std::vector<std::string> args,
                   std::map<std::string, std::string> env = {}) {
-  std::vector<std::string> argv = {envd_binary(), "snapshot", "-o", (dir / "out.json").string(), "--json"};
+  std::vector<std::string> argv = {envd_binary(), "snapshot", "-o", (dir / "out.json").string(),
+                                   "--json"};
   argv.insert(argv.end(), args.begin(), args.end());
   env.emplace("ENVD_HOME", (dir / "home").string());
   Snapshot s;
@@ -91,14 +92,16 @@ TEST_CASE("the real pyenv prefix: exactly pip's packages, and every file owned o
   REQUIRE(pip.exit_code == 0);
   std::set<std::string> expected, got;
   for (const auto& p : json::parse(pip.out))
-    expected.insert(normalise(p["name"].get<std::string>()) + "==" + p["version"].get<std::string>());
+    expected.insert(normalise(p["name"].get<std::string>()) +
+                    "==" + p["version"].get<std::string>());
   for (const auto& p : env["packages"])
     got.insert(normalise(p["name"].get<std::string>()) + "==" + p["version"].get<std::string>());
   CHECK(expected.size() > 50);
   CHECK(got == expected);
 
   // Every regular file and symlink under the prefix appears exactly once.
-  auto find = run_command({"find", prefix, "(", "-type", "f", "-o", "-type", "l", ")", "-printf", "%P\\n"});
+  auto find =
+      run_command({"find", prefix, "(", "-type", "f", "-o", "-type", "l", ")", "-printf", "%P\\n"});
   REQUIRE(find.exit_code == 0);
   std::set<std::string> on_disk;
   size_t start = 0;
@@ -119,10 +122,13 @@ TEST_CASE("the real pyenv prefix: exactly pip's packages, and every file owned o
   CHECK(again.summary["snapshot_digest"] == s.summary["snapshot_digest"]);
 }
 
-TEST_CASE("a venv with system site-packages: the venv, and its base interpreter as a partial environment") {
+TEST_CASE(
+    "a venv with system site-packages: the venv, and its base interpreter as a partial "
+    "environment") {
   ScratchDir dir;
   auto venv = dir / "venv";
-  auto mk = run_command({"/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", venv.string()});
+  auto mk = run_command(
+      {"/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages", venv.string()});
   REQUIRE(mk.exit_code == 0);
   auto before = tree_listing(venv);
   auto s = snapshot(dir, {"--prefix", venv.string(), "--no-src"});
@@ -146,7 +152,9 @@ TEST_CASE("a venv with system site-packages: the venv, and its base interpreter 
   CHECK(tree_listing(venv) == before);
 }
 
-TEST_CASE("a git source tree: tracked and untracked files, ignores, symlinks not followed, secrets blocked") {
+TEST_CASE(
+    "a git source tree: tracked and untracked files, ignores, symlinks not followed, secrets "
+    "blocked") {
   ScratchDir dir;
   auto repo = dir / "repo";
   write_file(repo / "src/app.py", "print('hi')\n");
@@ -156,7 +164,8 @@ TEST_CASE("a git source tree: tracked and untracked files, ignores, symlinks not
   write_file(dir / "outside/data.txt", "outside\n");
   std::filesystem::create_directory_symlink(dir / "outside", repo / "data");
   auto git = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {"git", "-C", repo.string(), "-c", "user.name=t", "-c", "user.email=t@e"};
+    std::vector<std::string> argv = {"git",         "-C", repo.string(),   "-c",
+                                     "user.name=t", "-c", "user.email=t@e"};
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = run_command(argv);
     REQUIRE(r.exit_code == 0);
@@ -187,7 +196,8 @@ TEST_CASE("a git source tree: tracked and untracked files, ignores, symlinks not
   CHECK(src["dirty"] == true);
   std::vector<std::string> paths;
   for (const auto& f : src["files"]) paths.push_back(f["path"]);
-  CHECK(paths == std::vector<std::string>{".gitignore", "data", "keys/id_rsa", "notes.md", "src/app.py"});
+  CHECK(paths ==
+        std::vector<std::string>{".gitignore", "data", "keys/id_rsa", "notes.md", "src/app.py"});
   const auto& link = src["files"][1];
   CHECK(link["type"] == "symlink");
   CHECK(link["target"] == (dir / "outside").string());
@@ -255,8 +265,8 @@ TEST_CASE("an unreadable file fails the snapshot naming it (run as an unprivileg
     if (e.is_directory()) ::chmod(e.path().c_str(), 0755);
   ::chmod(prefix.c_str(), 0755);
   auto before = tree_listing(prefix);
-  auto r = run_command({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", envd_binary(),
-                        "snapshot", "--prefix", prefix.string(), "--no-src"},
+  auto r = run_command({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        envd_binary(), "snapshot", "--prefix", prefix.string(), "--no-src"},
                        {{"ENVD_HOME", (dir / "home").string()}});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find((prefix / "lib/python3.11/secret.py").string()) != std::string::npos);

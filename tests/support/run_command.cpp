@@ -63,6 +63,8 @@ CommandResult run_command(const std::vector<std::string>& argv,
   return result;
 }
 
-std::string envd_binary() { return ENVD_BINARY; }
+std::string envd_binary() {
+  return ENVD_BINARY;
+}
 
 }  // namespace envd::test

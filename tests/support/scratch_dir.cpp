@@ -65,6 +65,8 @@ std::map<std::string, std::string> tree_listing(const std::filesystem::path& roo
   return out;
 }
 
-std::filesystem::path fixtures_dir() { return ENVD_FIXTURES_DIR; }
+std::filesystem::path fixtures_dir() {
+  return ENVD_FIXTURES_DIR;
+}
 
 }  // namespace envd::test
