@@ -3,6 +3,7 @@
 // because that is what the loader uses and stripped files may lack section headers.
 // Spec: https://refspecs.linuxfoundation.org/elf/gabi4+/ch5.dynamic.html
 #include "agent/elf_needed.hpp"
+#include "envd/util/unique_fd.hpp"
 
 #include <elf.h>
 #include <fcntl.h>
@@ -20,19 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class Fd {
- public:
-  explicit Fd(int fd) : m_fd(fd) {}
-  ~Fd() {
-    if (m_fd >= 0) ::close(m_fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return m_fd; }
-
- private:
-  int m_fd;
-};
+using Fd = envd::UniqueFd;
 
 bool read_at(int fd, std::uint64_t offset, void* buf, std::size_t size) {
   auto* out = static_cast<char*>(buf);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <unistd.h>
+#include "envd/util/unique_fd.hpp"
 
 #include <cerrno>
 #include <charconv>
@@ -142,19 +143,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> parse_content_range(std::
   return std::pair{*first, *last};
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : m_fd(fd) {}
-  ~Fd() {
-    if (m_fd >= 0) ::close(m_fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return m_fd; }
-
- private:
-  int m_fd;
-};
+using Fd = envd::UniqueFd;
 
 // Appends the request body to the session's file, after checking it continues exactly where the
 // session is (else 416 with the current Range: chunks must arrive in order). On any failure the
