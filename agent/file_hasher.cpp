@@ -17,15 +17,6 @@ namespace {
 
 constexpr int k_max_attempts = 3;
 
-std::int64_t to_ns(const timespec& ts) {
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-StatKey key_of(const struct stat& st) {
-  return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-                 static_cast<std::uint64_t>(st.st_size), to_ns(st.st_mtim), to_ns(st.st_ctim)};
-}
-
 struct Hashed {
   oci::Digest digest;
   StatKey key;
@@ -52,16 +43,16 @@ Result<Hashed> hash_stable(const std::string& path, const StatKey& walked) {
         ::close(fd);
         return Error(ErrorCode::failed_precondition, path + " is no longer a regular file");
       }
-      before = key_of(st);
+      before = stat_key(st);
     }
     // Reading exactly the size expected is enough: the fstat after the read proves it held.
     auto hashed = oci::sha256_fd(fd, path, before.size);
     struct stat after {};
-    bool same = ::fstat(fd, &after) == 0 && S_ISREG(after.st_mode) && before == key_of(after);
+    bool same = ::fstat(fd, &after) == 0 && S_ISREG(after.st_mode) && before == stat_key(after);
     ::close(fd);
     if (!hashed) return hashed.error();
     if (same && hashed->size == static_cast<std::uint64_t>(after.st_size))
-      return Hashed{hashed->digest, key_of(after)};
+      return Hashed{hashed->digest, stat_key(after)};
   }
   return Error(ErrorCode::failed_precondition,
                path + " kept changing while it was read (" + std::to_string(k_max_attempts) +

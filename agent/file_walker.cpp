@@ -20,15 +20,6 @@
 namespace envd::agent {
 namespace {
 
-std::int64_t to_ns(const timespec& ts) {
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-StatKey key_of(const struct stat& st) {
-  return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-                 static_cast<std::uint64_t>(st.st_size), to_ns(st.st_mtim), to_ns(st.st_ctim)};
-}
-
 std::string read_link_at(int dirfd, const char* name, std::size_t size_hint) {
   std::string buf(std::max<std::size_t>(size_hint, 64) + 1, '\0');
   for (;;) {
@@ -45,7 +36,7 @@ std::string read_link_at(int dirfd, const char* name, std::size_t size_hint) {
 // Fills `out` from one stat result; returns false for types the snapshot does not carry.
 bool fill(WalkedFile& out, const struct stat& st, int dirfd, const char* name) {
   out.mode = st.st_mode & 07777;
-  out.key = key_of(st);
+  out.key = stat_key(st);
   if (S_ISREG(st.st_mode)) {
     out.type = snapshot::FileType::regular;
     return true;
@@ -172,6 +163,28 @@ class TreeWalker {
 };
 
 }  // namespace
+
+StatKey stat_key(const struct ::stat& st) {
+  auto ns = [](const timespec& ts) {
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                 static_cast<std::uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
+}
+
+snapshot::FileEntry to_file_entry(WalkedFile&& w) {
+  snapshot::FileEntry e;
+  e.path = std::move(w.path);
+  e.type = w.type;
+  e.mode = w.mode;
+  if (w.type == snapshot::FileType::regular) {
+    e.size = w.key.size;
+    e.digest = w.digest;
+  } else {
+    e.target = std::move(w.target);
+  }
+  return e;
+}
 
 bool is_valid_utf8(std::string_view s) {
   std::size_t i = 0;

@@ -2,6 +2,8 @@
 // a given list of paths. Produces the metadata the hasher and the stat cache key on.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -34,6 +36,12 @@ struct WalkedFile {
   std::string target;                 // symlink target
   std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files)
 };
+
+// The StatKey of an lstat/fstat result.
+StatKey stat_key(const struct ::stat& st);
+
+// The snapshot entry of a walked (and, for regular files, hashed) file; moves its strings.
+snapshot::FileEntry to_file_entry(WalkedFile&& file);
 
 struct WalkOptions {
   unsigned threads = 0;  // 0: one per core

@@ -19,26 +19,11 @@ namespace {
 
 using snapshot::Environment;
 using snapshot::EnvironmentKind;
-using snapshot::FileEntry;
 using snapshot::FileType;
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-FileEntry to_entry(WalkedFile&& w) {
-  FileEntry e;
-  e.path = std::move(w.path);
-  e.type = w.type;
-  e.mode = w.mode;
-  if (w.type == FileType::regular) {
-    e.size = w.key.size;
-    e.digest = w.digest;
-  } else {
-    e.target = std::move(w.target);
-  }
-  return e;
 }
 
 // Reads the package records of a prefix: conda-meta first, then each site-packages directory.
@@ -101,7 +86,7 @@ Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
   for (std::size_t r = 0; r < records.size(); ++r) packages[r] = std::move(records[r].meta);
   by_path.clear();  // its keys view the paths moved out below
   for (std::size_t i = 0; i < files.size(); ++i) {
-    auto entry = to_entry(std::move(files[i]));
+    auto entry = to_file_entry(std::move(files[i]));
     if (owner[i] < 0) {
       env.unowned.push_back(std::move(entry));
       continue;

@@ -89,19 +89,7 @@ Result<snapshot::SourceTree> scan_source(const std::filesystem::path& root,
   tree.dirty = listing.dirty;
   tree.ignored = listing.ignored;
   tree.files.reserve(files.size());
-  for (auto& f : files) {
-    snapshot::FileEntry e;
-    e.path = std::move(f.path);
-    e.type = f.type;
-    e.mode = f.mode;
-    if (f.type == snapshot::FileType::regular) {
-      e.size = f.key.size;
-      e.digest = f.digest;
-    } else {
-      e.target = std::move(f.target);
-    }
-    tree.files.push_back(std::move(e));
-  }
+  for (auto& f : files) tree.files.push_back(to_file_entry(std::move(f)));
   return tree;
 }
 
