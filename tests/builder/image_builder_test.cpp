@@ -10,6 +10,7 @@
 #include "agent/snapshotter.hpp"
 #include "builder/builder_state.hpp"
 #include "builder/content_source.hpp"
+#include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -26,16 +27,7 @@ void make_prefix(const std::filesystem::path& prefix) {
   std::filesystem::permissions(prefix / "bin/python3", std::filesystem::perms(0755));
   std::filesystem::create_symlink("python3", prefix / "bin/python");
   write_file(prefix / "lib/python3.11/os.py", "# os\n");
-  for (int i = 0; i < 30; ++i) {
-    std::string name = "p" + std::to_string(i);
-    std::string site = "lib/python3.11/site-packages/";
-    write_file(prefix / (site + name + "/__init__.py"), "X = " + std::to_string(i) + "\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"),
-               "Name: " + name + "\nVersion: 1.0\n\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/RECORD"),
-               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name +
-                   "-1.0.dist-info/RECORD,,\n");
-  }
+  envd::test::write_pip_packages(prefix, "p", 30);
 }
 
 snapshot::Snapshot take(const std::filesystem::path& prefix) {

@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -102,22 +103,10 @@ void make_prefix(const fs::path& prefix) {
   write_file(prefix / "lib/python3.11/os.py", "# os\n");
   write_file(prefix / "etc/secret.cfg", "private = 1\n");
   fs::permissions(prefix / "etc/secret.cfg", fs::perms(0600));
-  for (int i = 0; i < 5; ++i) {
-    std::string name = "p" + std::to_string(i);
-    std::string site = "lib/python3.11/site-packages/";
-    write_file(prefix / (site + name + "/__init__.py"), "X = " + std::to_string(i) + "\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"),
-               "Name: " + name + "\nVersion: 1.0\n\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/RECORD"),
-               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name +
-                   "-1.0.dist-info/RECORD,,\n");
-  }
+  envd::test::write_pip_packages(prefix, "p", 5);
 }
 
-json last_json_line(const std::string& out) {
-  auto body = out.substr(0, out.find_last_not_of('\n') + 1);
-  return json::parse(body.substr(body.rfind('\n') + 1));
-}
+using envd::test::last_json_line;
 
 envd::test::CommandResult tool(const std::vector<std::string>& argv) {
   auto r = run_command(argv);

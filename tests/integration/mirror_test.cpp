@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../envd/registry/distribution_fixture.hpp"
+#include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -22,22 +23,10 @@ void make_prefix(const fs::path& prefix) {
   write_file(prefix / "bin/python3", "#!/bin/sh\necho python\n");
   fs::permissions(prefix / "bin/python3", fs::perms(0755));
   write_file(prefix / "lib/python3.11/os.py", "# os\n");
-  for (int i = 0; i < 3; ++i) {
-    std::string name = "m" + std::to_string(i);
-    std::string site = "lib/python3.11/site-packages/";
-    write_file(prefix / (site + name + "/__init__.py"), "X = " + std::to_string(i) + "\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/METADATA"),
-               "Name: " + name + "\nVersion: 1.0\n\n");
-    write_file(prefix / (site + name + "-1.0.dist-info/RECORD"),
-               name + "/__init__.py,,\n" + name + "-1.0.dist-info/METADATA,,\n" + name +
-                   "-1.0.dist-info/RECORD,,\n");
-  }
+  envd::test::write_pip_packages(prefix, "m", 3);
 }
 
-json last_json_line(const std::string& out) {
-  auto body = out.substr(0, out.find_last_not_of('\n') + 1);
-  return json::parse(body.substr(body.rfind('\n') + 1));
-}
+using envd::test::last_json_line;
 
 }  // namespace
 
