@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "../builder/registry_fixture.hpp"
+#include "../envd/registry/distribution_fixture.hpp"
 #include "builder/auth.hpp"
 #include "support/run_command.hpp"
 
@@ -23,46 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace envd::builder::registry_test;
 
-// A child process killed (SIGTERM, then waited for) when the test ends.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& argv, const fs::path& log) {
-    m_pid = ::fork();
-    REQUIRE(m_pid >= 0);
-    if (m_pid == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      std::vector<char*> args;
-      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      _exit(127);
-    }
-  }
-  ~Child() {
-    ::kill(m_pid, SIGTERM);
-    ::waitpid(m_pid, nullptr, 0);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
- private:
-  pid_t m_pid = -1;
-};
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using envd::registry::test_support::Child;
+using envd::registry::test_support::free_port;
 
 test::CommandResult skopeo(std::vector<std::string> args) {
   args.insert(args.begin(), "skopeo");
