@@ -140,6 +140,8 @@ void BuildQueue::finish(Build& build, Result<BuildResult> result) {
     log::warn("build", "failed",
               {{"build", build.id}, {"image", image}, {"error", result.error().message()}});
   }
+  if (result && m_options.on_image_built)
+    m_options.on_image_built(build.request.repository, build.request.tag);
   std::lock_guard lock(m_mutex);
   build.progress.on_change = nullptr;
   build.snapshot = snapshot::Snapshot{};

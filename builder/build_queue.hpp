@@ -60,6 +60,8 @@ class BuildQueue {
     PlanOptions plan;
     std::string envd_version;
     std::function<void(std::string_view build_id)> before_build;  // see EnvdApiOptions
+    std::function<void(const std::string& repository, const std::string& tag)>
+        on_image_built;  // see EnvdApiOptions
   };
 
   // Builds run `builder` with file content from `blobs` (BlobContentSource).

@@ -28,7 +28,7 @@ struct EnvdApi::Impl {
         snapshot_dir(s.dir / "snapshots"),
         queue(*s.builder, *s.blobs,
               BuildQueue::Options{o.limits.concurrent_builds, o.finished_builds_kept, o.plan,
-                                  o.envd_version, o.before_build}) {}
+                                  o.envd_version, o.before_build, o.on_image_built}) {}
 };
 
 EnvdApi::~EnvdApi() = default;

@@ -30,6 +30,9 @@ struct EnvdApiOptions {
   // Called on the build thread just before a build starts. A test seam: holding it keeps the
   // build running, so that tests can observe a running build deterministically.
   std::function<void(std::string_view build_id)> before_build;
+  // Called on the build thread after a build committed its image and moved its tag (e.g. to
+  // mirror it).
+  std::function<void(const std::string& repository, const std::string& tag)> on_image_built;
 };
 
 // What add_envd_api returns: the API's running state (build threads, long polls). The routes keep

@@ -11,6 +11,7 @@
 #include "builder/builder_config.hpp"
 #include "builder/builder_state.hpp"
 #include "builder/envd_api.hpp"
+#include "builder/mirror_sync.hpp"
 #include "builder/registry_server.hpp"
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
@@ -59,14 +60,18 @@ int run_serve(const ServeArgs& args) {
   std::filesystem::path data = !args.data.empty()         ? std::filesystem::path(args.data)
                                : !config.data_dir.empty() ? config.data_dir
                                                           : envd_home() / "builder";
-  if (!config.mirrors.empty())
-    log::warn("builder", "mirrors are configured but not implemented yet; ignoring them");
 
   // Before anything is created: a refused address must not leave a data directory behind.
   if (auto auth = builder::Authenticator::create(config.auth, config.listen_host); !auth)
     return fail("start", auth.error());
   auto state = builder::BuilderState::open(data);
   if (!state) return fail("open the builder data", state.error());
+  builder::MirrorSyncOptions mirror_options;
+  mirror_options.mirrors = config.mirrors;
+  mirror_options.user_agent = std::string("envd/") + ENVD_VERSION;
+  auto mirrors = builder::MirrorSync::create(**state, mirror_options);
+  if (!mirrors) return fail("config", mirrors.error());
+  std::shared_ptr<builder::MirrorSync> mirror_sync = std::move(*mirrors);
   builder::ServerOptions options;
   options.host = config.listen_host;
   options.port = config.listen_port;
@@ -77,8 +82,9 @@ int run_serve(const ServeArgs& args) {
   // Tag watchers wake when an OCI client pushes a tag, not only when a build moves one. The API
   // exists only once the server does; requests start after start(), when the slot is set.
   auto api_slot = std::make_shared<std::shared_ptr<builder::EnvdApi>>();
-  options.on_tag_changed = [api_slot](const std::string&) {
+  options.on_tag_changed = [api_slot, mirror_sync](const std::string& repository) {
     if (*api_slot) (*api_slot)->tags_changed();
+    mirror_sync->notify(repository);
   };
   auto server = builder::RegistryServer::create(*(*state)->blobs, *(*state)->index, options);
   if (!server) return fail("start", server.error());
@@ -88,6 +94,9 @@ int run_serve(const ServeArgs& args) {
   api_options.compression = config.compression;
   api_options.plan.layer_cap = config.layer_cap;
   api_options.envd_version = ENVD_VERSION;
+  api_options.on_image_built = [mirror_sync](const std::string& repository, const std::string&) {
+    mirror_sync->notify(repository);
+  };
   auto api = builder::add_envd_api(**server, **state, api_options);
   *api_slot = api;
 

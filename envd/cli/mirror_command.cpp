@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "builder/builder_state.hpp"
+#include "builder/local_image_source.hpp"
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
 #include "envd/cli/format.hpp"
@@ -70,17 +71,8 @@ int run_mirror(const MirrorArgs& args) {
                                                 " (envd push writes one; or pass --data)"));
   auto state = builder::BuilderState::open(data);
   if (!state) return fail("open the builder store", state.error());
-  builder::RegistryIndex& index = *(*state)->index;
-  const std::string repo = source_ref->repository;
-  registry::StoreImageSource source(
-      *(*state)->blobs, repo,
-      [&index, &repo](const std::string& reference) -> Result<registry::ManifestLocation> {
-        ENVD_TRY(auto found, index.resolve(repo, reference));
-        if (!found)
-          return unexpected(ErrorCode::not_found,
-                            "no image " + repo + ":" + reference + " in the builder store");
-        return registry::ManifestLocation{found->digest, found->media_type};
-      });
+  auto source_ptr = builder::local_image_source(**state, source_ref->repository);
+  registry::StoreImageSource& source = *source_ptr;
   if (auto found = source.manifest(source_ref->reference()); !found)
     return fail("mirror", found.error());
   // One clear failure (unreachable, TLS, credentials) before any blob is tried.

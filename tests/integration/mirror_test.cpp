@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../envd/registry/distribution_fixture.hpp"
+#include "support/builder_serve.hpp"
 #include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
@@ -95,4 +96,53 @@ TEST_CASE("envd builder mirror refuses bad references and unknown images, naming
   CHECK(unknown.err.find("team/none:v1") != std::string::npos);
   auto usage = run_command({bin, "builder", "mirror", "team/env:v1"}, env);
   CHECK(usage.exit_code == 2);
+}
+
+TEST_CASE("envd builder serve mirrors every moved tag to the registries of its config") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  const std::map<std::string, std::string> env = {{"ENVD_HOME", (dir / "home").string()}};
+  auto push = run_command({envd::test::envd_binary(), "push", "--prefix", (dir / "env").string(),
+                           "--no-src", "--name", "team/env:v1", "--json"},
+                          env);
+  INFO("push stderr: " << push.err);
+  REQUIRE(push.exit_code == 0);
+  std::string digest = last_json_line(push.out)["manifest_digest"];
+
+  envd::registry::test_support::Distribution dist(dir / "dist");
+  write_file(dir / "builder.yaml",
+             "mirrors:\n  - url: http://" + dist.host() + "\n    prefix: copies\n");
+  envd::test::Serve serve({"--listen", "127.0.0.1:0", "--data", (dir / "home/builder").string(),
+                           "--config", (dir / "builder.yaml").string()},
+                          env, dir / "serve.log");
+  // An OCI client moves a tag (skopeo copies the image to a new name at the builder): the
+  // builder mirrors that repository's tags without being asked.
+  std::string builder = "127.0.0.1:" + std::to_string(serve.port());
+  auto copy = run_command({"skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                           "docker://" + builder + "/team/env:v1",
+                           "docker://" + builder + "/team/copy:v2"});
+  INFO("skopeo stderr: " << copy.err);
+  REQUIRE(copy.exit_code == 0);
+
+  const std::string mirrored = "docker://" + dist.host() + "/copies/team/copy:v2";
+  envd::test::CommandResult inspect;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    inspect = run_command({"skopeo", "inspect", "--tls-verify=false", mirrored});
+  } while (inspect.exit_code != 0 && std::chrono::steady_clock::now() < deadline);
+  INFO("serve log: " << envd::test::read_file(dir / "serve.log"));
+  REQUIRE(inspect.exit_code == 0);
+  CHECK(json::parse(inspect.out)["Digest"] == digest);
+  CHECK(serve.stop() == 0);
+}
+
+TEST_CASE("envd builder serve refuses a mirror URL it cannot use, naming the key") {
+  ScratchDir dir;
+  write_file(dir / "builder.yaml", "mirrors:\n  - url: not-a-url\n");
+  auto serve = run_command({envd::test::envd_binary(), "builder", "serve", "--listen",
+                            "127.0.0.1:0", "--data", (dir / "data").string(), "--config",
+                            (dir / "builder.yaml").string()});
+  CHECK(serve.exit_code == 1);
+  CHECK(serve.err.find("mirrors[0].url") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "data"));
 }
