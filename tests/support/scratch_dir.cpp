@@ -60,7 +60,7 @@ std::map<std::string, std::string> tree_listing(const std::filesystem::path& roo
       std::error_code ec2;
       line << ' ' << std::filesystem::read_symlink(it->path(), ec2).string();
     }
-    out[std::filesystem::relative(it->path(), root).string()] = line.str();
+    out[it->path().lexically_relative(root).string()] = line.str();
   }
   return out;
 }
