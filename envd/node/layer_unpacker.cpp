@@ -1,8 +1,8 @@
-// Safe streaming layer unpack. The compressed bytes are decompressed here (zlib, libzstd) so that
-// the uncompressed tar is hashed for the diff_id on its way into libarchive, which only parses tar
-// headers; every entry is then written by our own code relative to directory fds opened with
-// O_NOFOLLOW (DirCursor), never through a path string the kernel resolves. No chdir and no umask
-// change: a threaded daemon shares both.
+// Safe streaming layer unpack. The compressed bytes are decoded and hashed for the diff_id by
+// StreamDecoder (layer_stream.hpp) on their way into libarchive, which only parses tar headers;
+// every entry is then written by our own code relative to directory fds opened with O_NOFOLLOW
+// (DirCursor, safe_dir.hpp), never through a path string the kernel resolves. No chdir and no
+// umask change: a threaded daemon shares both.
 // Layer format: https://github.com/opencontainers/image-spec/blob/v1.1.0/layer.md
 #include "envd/node/layer_unpacker.hpp"
 
@@ -12,191 +12,32 @@
 #include <locale.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
-#include <zstd.h>
 
 #include <cerrno>
-#include <condition_variable>
-#include <deque>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <system_error>
 #include <thread>
 #include <vector>
 
-#include "envd/node/rootfs_assembler.hpp"
+#include "envd/node/layer_stream.hpp"
+#include "envd/node/safe_dir.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::node {
 
 namespace {
 
+using detail::ChunkQueue;
+using detail::ChunkSource;
+using detail::FileSource;
+using detail::StreamDecoder;
+
 constexpr std::size_t k_queue_bytes = 8u << 20;  // compressed bytes waiting for the unpack thread
-constexpr std::size_t k_out_chunk = 256u << 10;  // decompressed bytes per libarchive read
-constexpr std::size_t k_file_chunk = 1u << 20;   // read size for unpack_layer_file
 constexpr std::string_view k_component = "node.unpack";
 constexpr std::string_view k_whiteout_prefix = ".wh.";
 constexpr std::string_view k_meta_prefix = ".wh..wh.";
 constexpr std::string_view k_opaque = ".wh..wh..opq";
-
-// ---- Compressed input -------------------------------------------------------------------------
-
-class ChunkSource {
- public:
-  virtual ~ChunkSource() = default;
-  // The next compressed bytes, valid until the next call; empty at the end of the stream.
-  virtual Result<std::string_view> next() = 0;
-};
-
-class FileSource final : public ChunkSource {
- public:
-  FileSource(int fd, std::string what)
-      : m_fd(fd), m_what(std::move(what)), m_buffer(k_file_chunk) {}
-  Result<std::string_view> next() override {
-    for (;;) {
-      ssize_t n = ::read(m_fd, m_buffer.data(), m_buffer.size());
-      if (n >= 0) return std::string_view(m_buffer.data(), static_cast<std::size_t>(n));
-      if (errno != EINTR) return unexpected(Error::from_errno("read " + m_what, errno));
-    }
-  }
-
- private:
-  int m_fd;
-  std::string m_what;
-  std::vector<char> m_buffer;
-};
-
-// ---- Decompression and the diff_id hash -------------------------------------------------------
-
-// Turns compressed chunks into the uncompressed tar stream, hashing and counting every byte.
-// gzip may hold several members (RFC 1952 §2.2) and zstd several frames; a stream that ends
-// inside a member or frame is truncated.
-class StreamDecoder {
- public:
-  StreamDecoder(LayerCompression compression, ChunkSource& source, std::uint64_t max_bytes)
-      : m_compression(compression), m_source(source), m_max(max_bytes) {}
-  ~StreamDecoder() {
-    if (m_z_ready) ::inflateEnd(&m_z);
-    if (m_zstd != nullptr) ::ZSTD_freeDCtx(m_zstd);
-  }
-  StreamDecoder(const StreamDecoder&) = delete;
-  StreamDecoder& operator=(const StreamDecoder&) = delete;
-
-  Result<void> init() {
-    if (m_compression == LayerCompression::gzip) {
-      if (::inflateInit2(&m_z, 15 + 16) != Z_OK)
-        return unexpected(ErrorCode::internal, "inflateInit2");
-      m_z_ready = true;
-    } else if (m_compression == LayerCompression::zstd) {
-      m_zstd = ::ZSTD_createDCtx();
-      if (m_zstd == nullptr) return unexpected(ErrorCode::internal, "ZSTD_createDCtx");
-    }
-    if (m_compression != LayerCompression::none) m_out.resize(k_out_chunk);
-    return {};
-  }
-
-  // The next uncompressed bytes (valid until the next call); empty at the end of the stream.
-  Result<std::string_view> read() {
-    for (;;) {
-      if (m_pending.empty() && !m_flush && !m_eof) {
-        ENVD_TRY(m_pending, m_source.next());
-        if (m_pending.empty()) m_eof = true;
-      }
-      ENVD_TRY(std::string_view out, produce());
-      // A full output buffer may leave output inside the decompressor: ask again before reading
-      // more input.
-      m_flush = m_compression != LayerCompression::none && out.size() == m_out.size();
-      if (!out.empty()) {
-        m_total += out.size();
-        if (m_total > m_max)
-          return unexpected(
-              ErrorCode::invalid_argument,
-              "uncompressed stream exceeds the limit of " + std::to_string(m_max) + " bytes");
-        m_hash.update(out);
-        return out;
-      }
-      if (m_eof && m_pending.empty()) {
-        if (m_compression != LayerCompression::none && (m_in_frame || !m_started))
-          return unexpected(ErrorCode::invalid_argument,
-                            std::string(m_started ? "truncated " : "empty ") +
-                                (m_compression == LayerCompression::gzip ? "gzip" : "zstd") +
-                                " stream");
-        return std::string_view();
-      }
-    }
-  }
-
-  // Reads (and hashes) what follows the tar's end: the diff_id covers the whole stream.
-  Result<void> drain() {
-    for (;;) {
-      ENVD_TRY(std::string_view out, read());
-      if (out.empty()) return {};
-    }
-  }
-
-  oci::Digest finish() { return m_hash.finish(); }
-
- private:
-  Result<std::string_view> produce() {
-    if (m_compression == LayerCompression::gzip) return inflate_some();
-    if (m_compression == LayerCompression::zstd) return zstd_some();
-    return std::exchange(m_pending, {});
-  }
-
-  Result<std::string_view> inflate_some() {
-    if (!m_in_frame) {  // between members: only new input starts the next one
-      if (m_pending.empty()) return std::string_view();
-      if (m_started && ::inflateReset(&m_z) != Z_OK)
-        return unexpected(ErrorCode::internal, "inflateReset");
-      m_started = m_in_frame = true;
-    }
-    uInt avail = static_cast<uInt>(std::min<std::size_t>(m_pending.size(), 1u << 30));
-    m_z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(m_pending.data()));
-    m_z.avail_in = avail;
-    m_z.next_out = reinterpret_cast<Bytef*>(m_out.data());
-    m_z.avail_out = static_cast<uInt>(m_out.size());
-    int rc = ::inflate(&m_z, Z_NO_FLUSH);
-    m_pending.remove_prefix(avail - m_z.avail_in);
-    if (rc == Z_STREAM_END) {
-      m_in_frame = false;
-    } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-      return unexpected(ErrorCode::invalid_argument, std::string("corrupt gzip stream: ") +
-                                                         (m_z.msg ? m_z.msg : "inflate failed"));
-    }
-    return std::string_view(m_out.data(), m_out.size() - m_z.avail_out);
-  }
-
-  Result<std::string_view> zstd_some() {
-    if (m_pending.empty() && !m_flush) return std::string_view();
-    if (!m_pending.empty()) m_started = true;
-    ZSTD_inBuffer in{m_pending.data(), m_pending.size(), 0};
-    ZSTD_outBuffer out{m_out.data(), m_out.size(), 0};
-    std::size_t rc = ::ZSTD_decompressStream(m_zstd, &out, &in);
-    if (::ZSTD_isError(rc))
-      return unexpected(ErrorCode::invalid_argument,
-                        std::string("corrupt zstd stream: ") + ::ZSTD_getErrorName(rc));
-    m_pending.remove_prefix(in.pos);
-    // 0: a frame is complete and flushed; anything else: inside a frame (or output pending).
-    m_in_frame = rc != 0;
-    return std::string_view(m_out.data(), out.pos);
-  }
-
-  LayerCompression m_compression;
-  ChunkSource& m_source;
-  std::uint64_t m_max;
-  std::uint64_t m_total = 0;
-  std::string_view m_pending;
-  bool m_eof = false;
-  bool m_flush = false;     // the last call filled the output buffer
-  bool m_started = false;   // some compressed input was consumed
-  bool m_in_frame = false;  // inside a gzip member or zstd frame
-  z_stream m_z{};
-  bool m_z_ready = false;
-  ZSTD_DCtx* m_zstd = nullptr;
-  std::vector<char> m_out;
-  oci::Sha256 m_hash;
-};
 
 // ---- Names --------------------------------------------------------------------------------------
 
@@ -320,7 +161,8 @@ class Unpack {
       : m_root(root_fd),
         m_limits(limits),
         m_what(std::move(what)),
-        m_decoder(compression, source, stream_limit(limits)),
+        m_compression(compression),
+        m_source(source),
         m_cursor(root_fd) {}
 
   Result<UnpackStats> run(const oci::Digest& expected_diff_id) {
@@ -337,7 +179,7 @@ class Unpack {
 
   static la_ssize_t read_callback(struct archive* a, void* client, const void** buffer) {
     auto* self = static_cast<Unpack*>(client);
-    auto r = self->m_decoder.read();
+    auto r = self->m_decoder->read();
     if (!r) {
       self->m_stream_error = r.error();
       ::archive_set_error(a, EIO, "%s", r.error().message().c_str());
@@ -362,7 +204,9 @@ class Unpack {
 
   Result<UnpackStats> run_inner(const oci::Digest& expected_diff_id) {
     Utf8Locale locale;
-    ENVD_TRY_VOID(m_decoder.init());
+    ENVD_TRY(StreamDecoder decoder,
+             StreamDecoder::create(m_compression, m_source, stream_limit(m_limits)));
+    m_decoder.emplace(std::move(decoder));
     std::unique_ptr<struct archive, decltype(&::archive_read_free)> archive(::archive_read_new(),
                                                                             &::archive_read_free);
     struct archive* a = archive.get();
@@ -388,8 +232,8 @@ class Unpack {
                         "more than " + std::to_string(m_limits.max_entries) + " entries"));
       ENVD_TRY_VOID(entry(a, ae));
     }
-    ENVD_TRY_VOID(m_decoder.drain());
-    m_stats.diff_id = m_decoder.finish();
+    ENVD_TRY_VOID(m_decoder->drain());
+    m_stats.diff_id = m_decoder->finish();
     if (m_stats.diff_id != expected_diff_id)
       return unexpected(ErrorCode::digest_mismatch,
                         "uncompressed layer is " + m_stats.diff_id.str() + ", expected diff_id " +
@@ -663,7 +507,9 @@ class Unpack {
   int m_root;
   UnpackLimits m_limits;
   std::string m_what;
-  StreamDecoder m_decoder;
+  LayerCompression m_compression;
+  ChunkSource& m_source;
+  std::optional<StreamDecoder> m_decoder;  // created by run()
   DirCursor m_cursor;
   std::optional<Error> m_stream_error;
   std::string m_entry;  // the entry being unpacked, as named in the tar
@@ -672,66 +518,22 @@ class Unpack {
 };
 
 Result<UniqueFd> open_dest(const std::filesystem::path& dest) {
-  UniqueFd fd(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(::open(dest.c_str(), k_nofollow_dir_flags));
   if (!fd.valid())
     return unexpected(Error::from_errno("open unpack directory " + dest.string(), errno));
   return fd;
 }
 
-// Compressed chunks handed from write() (the download's thread) to the unpack thread, at most
-// k_queue_bytes at a time: a fast download waits for a slow disk instead of filling memory.
-struct Feed {
-  std::mutex mutex;
-  std::condition_variable changed;
-  std::deque<std::string> chunks;
-  std::size_t queued = 0;
-  bool eof = false;              // finish() called
-  bool aborted = false;          // destroyed before finish()
-  std::optional<Error> failure;  // the unpack failed: write() stops accepting
-};
-
-class QueueSource final : public ChunkSource {
- public:
-  explicit QueueSource(Feed& feed) : m_feed(feed) {}
-  Result<std::string_view> next() override {
-    std::unique_lock lock(m_feed.mutex);
-    m_feed.changed.wait(lock,
-                        [&] { return !m_feed.chunks.empty() || m_feed.eof || m_feed.aborted; });
-    if (m_feed.aborted) return unexpected(ErrorCode::cancelled, "unpack aborted");
-    if (m_feed.chunks.empty()) return std::string_view();
-    m_current = std::move(m_feed.chunks.front());
-    m_feed.chunks.pop_front();
-    m_feed.queued -= m_current.size();
-    m_feed.changed.notify_all();
-    return std::string_view(m_current);
-  }
-
- private:
-  Feed& m_feed;
-  std::string m_current;
-};
-
 }  // namespace
 
-Result<LayerCompression> layer_compression(std::string_view media_type) {
-  if (media_type == "application/vnd.oci.image.layer.v1.tar" ||
-      media_type == "application/vnd.docker.image.rootfs.diff.tar")
-    return LayerCompression::none;
-  if (media_type == "application/vnd.oci.image.layer.v1.tar+gzip" ||
-      media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip")
-    return LayerCompression::gzip;
-  if (media_type == "application/vnd.oci.image.layer.v1.tar+zstd" ||
-      media_type == "application/vnd.docker.image.rootfs.diff.tar.zstd")
-    return LayerCompression::zstd;
-  return unexpected(ErrorCode::invalid_argument,
-                    "unsupported layer media type \"" + std::string(media_type) + "\"");
-}
-
 struct LayerUnpacker::Impl {
+  Impl(UniqueFd root_fd, std::string name)
+      : root(std::move(root_fd)), what(std::move(name)), queue(k_queue_bytes, what) {}
+
   UniqueFd root;
   std::string what;
-  Feed feed;
-  std::optional<Result<UnpackStats>> result;
+  ChunkQueue queue;                           // write() to the unpack thread
+  std::optional<Result<UnpackStats>> result;  // set by the unpack thread, read after join()
   std::thread worker;
   bool finished = false;
 };
@@ -740,11 +542,7 @@ LayerUnpacker::LayerUnpacker(std::unique_ptr<Impl> impl) : m_impl(std::move(impl
 
 LayerUnpacker::~LayerUnpacker() {
   if (m_impl->worker.joinable()) {
-    {
-      std::lock_guard lock(m_impl->feed.mutex);
-      m_impl->feed.aborted = true;
-    }
-    m_impl->feed.changed.notify_all();
+    m_impl->queue.abort();
     m_impl->worker.join();
   }
 }
@@ -755,19 +553,16 @@ Result<std::unique_ptr<LayerUnpacker>> LayerUnpacker::start(std::filesystem::pat
                                                             UnpackLimits limits, std::string what) {
   auto root = open_dest(dest);
   if (!root) return unexpected(root.error().with_context(what));
-  auto impl = std::make_unique<Impl>();
-  impl->root = std::move(*root);
-  impl->what = what;
+  auto impl = std::make_unique<Impl>(std::move(*root), what);
   Impl* state = impl.get();
   std::unique_ptr<LayerUnpacker> unpacker(new LayerUnpacker(std::move(impl)));
   auto work = [state, compression, expected_diff_id, limits, what] {
-    QueueSource source(state->feed);
-    Unpack unpack(state->root.get(), compression, source, limits, what);
+    Unpack unpack(state->root.get(), compression, state->queue, limits, what);
     Result<UnpackStats> r = unpack.run(expected_diff_id);
-    std::lock_guard lock(state->feed.mutex);
-    if (!r) state->feed.failure = r.error();
+    std::optional<Error> failure;
+    if (!r) failure = r.error();
     state->result.emplace(std::move(r));
-    state->feed.changed.notify_all();
+    state->queue.consumer_stopped(std::move(failure));
   };
   try {
     state->worker = std::thread(std::move(work));
@@ -779,32 +574,14 @@ Result<std::unique_ptr<LayerUnpacker>> LayerUnpacker::start(std::filesystem::pat
 }
 
 Result<void> LayerUnpacker::write(std::string_view data) {
-  Feed& feed = m_impl->feed;
-  std::unique_lock lock(feed.mutex);
-  feed.changed.wait(lock, [&] {
-    return feed.failure || m_impl->result || feed.queued == 0 ||
-           feed.queued + data.size() <= k_queue_bytes;
-  });
-  if (feed.failure) return unexpected(*feed.failure);
-  if (feed.eof || m_impl->result)
-    return unexpected(ErrorCode::failed_precondition,
-                      m_impl->what + ": write after the end of the layer");
-  if (data.empty()) return {};
-  feed.chunks.emplace_back(data);
-  feed.queued += data.size();
-  feed.changed.notify_all();
-  return {};
+  return m_impl->queue.push(data);
 }
 
 Result<UnpackStats> LayerUnpacker::finish() {
   if (m_impl->finished)
     return unexpected(ErrorCode::failed_precondition, m_impl->what + ": finish() called twice");
   m_impl->finished = true;
-  {
-    std::lock_guard lock(m_impl->feed.mutex);
-    m_impl->feed.eof = true;
-  }
-  m_impl->feed.changed.notify_all();
+  m_impl->queue.close();
   m_impl->worker.join();
   return std::move(*m_impl->result);
 }

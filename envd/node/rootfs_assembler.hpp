@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "envd/node/safe_dir.hpp"  // remove_tree_at, also for callers removing a rootfs
 #include "envd/util/error.hpp"
-#include "envd/util/unique_fd.hpp"
 
 namespace envd::node {
 
@@ -35,37 +35,5 @@ struct AssembleStats {
 // caller removes the staging directory. Thread-safe for distinct `dest`s.
 Result<AssembleStats> assemble_rootfs(const std::vector<std::filesystem::path>& layers,
                                       const std::filesystem::path& dest);
-
-// ---- Building blocks shared with the layer unpacker ----------------------------------------
-
-// Opens directories below a root directory fd one component at a time, each with
-// openat(parent, name, O_DIRECTORY|O_NOFOLLOW): a path never resolves through a symlink, and no
-// path string is ever handed to the kernel whole. Keeps the fds of the last directory opened, so
-// consecutive paths in one directory cost no syscall. Callers that modify the tree only modify
-// entries of the directory open() just returned (deeper cached fds are dropped by that call).
-// Not thread-safe; the root fd must outlive the cursor.
-class DirCursor {
- public:
-  enum class Missing { fail, create };  // create: mkdir with mode 0755 (umask not applied)
-
-  explicit DirCursor(int root_fd) : m_root(root_fd) {}
-
-  // The directory made of the first `n` components of `path` (n == 0: the root). Errors:
-  // invalid_argument when a component is a symlink ("parent a/lnk is a symlink") or not a
-  // directory; not_found when one is missing and `missing` is fail; io.
-  Result<int> open(const std::vector<std::string>& path, std::size_t n, Missing missing);
-  // Forgets the cached fds.
-  void reset();
-
- private:
-  int m_root;
-  std::vector<std::string> m_names;
-  std::vector<UniqueFd> m_fds;
-};
-
-// Removes `name` from the directory `dirfd`: a file, a symlink, or a directory with everything
-// below it, never following a symlink. A missing `name` is no error. Adds the number of entries
-// removed to `*removed` when given. Errors: io naming `name`.
-Result<void> remove_tree_at(int dirfd, const std::string& name, std::uint64_t* removed = nullptr);
 
 }  // namespace envd::node
