@@ -41,11 +41,27 @@ int lock_exclusive(int fd, int extra_flags) {
   }
 }
 
+// What destroying an uncommitted writer does with its ingest file.
+enum class OnAbandon { discard, keep };
+
 class FsBlobWriter : public BlobWriter {
  public:
-  FsBlobWriter(int fd, std::filesystem::path ingest_path, std::filesystem::path blobs_dir)
-      : m_fd(fd), m_ingest_path(std::move(ingest_path)), m_blobs_dir(std::move(blobs_dir)) {}
-  ~FsBlobWriter() override { discard(); }
+  FsBlobWriter(int fd, std::filesystem::path ingest_path, std::filesystem::path blobs_dir,
+               OnAbandon on_abandon = OnAbandon::discard, oci::Sha256 hash = {},
+               std::uint64_t written = 0)
+      : m_fd(fd),
+        m_ingest_path(std::move(ingest_path)),
+        m_blobs_dir(std::move(blobs_dir)),
+        m_on_abandon(on_abandon),
+        m_hash(std::move(hash)),
+        m_written(written) {}
+  ~FsBlobWriter() override {
+    if (m_on_abandon == OnAbandon::keep && m_fd >= 0) {
+      ::close(m_fd);  // the bytes stay for a later resume_write(); closing drops the flock
+      m_fd = -1;
+    }
+    discard();
+  }
   FsBlobWriter(const FsBlobWriter&) = delete;
   FsBlobWriter& operator=(const FsBlobWriter&) = delete;
 
@@ -121,6 +137,7 @@ class FsBlobWriter : public BlobWriter {
   int m_fd;
   std::filesystem::path m_ingest_path;
   std::filesystem::path m_blobs_dir;
+  OnAbandon m_on_abandon;
   oci::Sha256 m_hash;
   std::uint64_t m_written = 0;
 };
@@ -214,7 +231,8 @@ Result<void> remove_stale_ingest(const std::filesystem::path& ingest_dir) {
 FsBlobStore::FsBlobStore(std::filesystem::path root)
     : m_root(std::move(root)),
       m_blobs_dir(m_root / "blobs" / "sha256"),
-      m_ingest_dir(m_root / "ingest") {}
+      m_ingest_dir(m_root / "ingest"),
+      m_resume_dir(m_root / "resume") {}
 
 Result<std::unique_ptr<FsBlobStore>> FsBlobStore::create(const std::filesystem::path& root) {
   std::error_code ec;
@@ -317,6 +335,83 @@ Result<std::vector<oci::Digest>> FsBlobStore::list() const {
 std::optional<std::filesystem::path> FsBlobStore::path_of(const oci::Digest& digest) const {
   // Safe as a path component: Digest guarantees 64 lowercase hex digits.
   return m_blobs_dir / std::string(digest.hex());
+}
+
+Result<std::unique_ptr<BlobWriter>> FsBlobStore::resume_write(const oci::Digest& digest,
+                                                              const Replay& replay) {
+  // Safe as a path component: Digest guarantees 64 lowercase hex digits.
+  std::filesystem::path path = m_resume_dir / std::string(digest.hex());
+  std::error_code ec;
+  std::filesystem::create_directories(m_resume_dir, ec);  // made on first use
+  if (ec) return Error::from_errno("create directory " + m_resume_dir.string(), ec.value());
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return Error::from_errno("open resumable ingest " + path.string(), errno);
+    struct stat st {};
+    if (lock_exclusive(fd, 0) != 0 || ::fstat(fd, &st) != 0) {
+      auto e = Error::from_errno("lock resumable ingest " + path.string(), errno);
+      ::close(fd);
+      return e;
+    }
+    if (st.st_nlink == 0) {  // committed or discarded while we waited for the lock: start over
+      ::close(fd);
+      continue;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return Error(ErrorCode::io, "resumable ingest " + path.string() + " is not a file");
+    }
+    // Hash (and replay) what an earlier writer left; the file offset ends after it.
+    oci::Sha256 hash;
+    std::uint64_t held = 0;
+    std::vector<char> buffer(k_read_buffer_size);
+    for (;;) {
+      ssize_t n = ::read(fd, buffer.data(), buffer.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        auto e = Error::from_errno("read resumable ingest " + path.string(), errno);
+        ::close(fd);
+        return e;
+      }
+      if (n == 0) break;
+      std::string_view data(buffer.data(), static_cast<std::size_t>(n));
+      hash.update(data);
+      held += data.size();
+      if (replay) {
+        if (auto r = replay(data); !r) {
+          ::close(fd);
+          return r.error();
+        }
+      }
+    }
+    return std::unique_ptr<BlobWriter>(std::make_unique<FsBlobWriter>(
+        fd, path, m_blobs_dir, OnAbandon::keep, std::move(hash), held));
+  }
+  return Error(ErrorCode::io, "open resumable ingest " + path.string() + ": removed repeatedly");
+}
+
+Result<void> FsBlobStore::discard_resumable(const oci::Digest& digest) {
+  std::filesystem::path path = m_resume_dir / std::string(digest.hex());
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Error::from_errno("remove resumable ingest " + path.string(), errno);
+  }
+  return {};
+}
+
+Result<std::vector<oci::Digest>> FsBlobStore::list_resumable() const {
+  std::vector<oci::Digest> out;
+  DIR* dir = ::opendir(m_resume_dir.c_str());
+  if (dir == nullptr && errno == ENOENT) return out;  // no resumable write ever started
+  if (dir == nullptr) return Error::from_errno("open directory " + m_resume_dir.string(), errno);
+  errno = 0;
+  while (dirent* entry = ::readdir(dir)) {
+    if (auto d = oci::Digest::parse(std::string("sha256:") + entry->d_name)) out.push_back(*d);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return Error::from_errno("read directory " + m_resume_dir.string(), err);
+  return out;
 }
 
 }  // namespace envd::store

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <string_view>
+#include <vector>
 
 #include "envd/store/blob_store.hpp"
 
@@ -29,6 +32,23 @@ class FsBlobStore : public BlobStore {
   // root/blobs/sha256/<hex>, whether or not the blob is present.
   std::optional<std::filesystem::path> path_of(const oci::Digest& digest) const override;
 
+  // Resumable ingest, for downloads that must survive a crash or kill: a writer for `digest` whose
+  // bytes persist in root/resume/<hex>. When that file exists its bytes are hashed again
+  // and handed to `replay` (when given) in order, and written() starts after them, so a download
+  // continues with Range. The writer holds an exclusive flock on the file for its life (this
+  // blocks while another writer, in any process, has the same digest). Destroying it uncommitted
+  // keeps the bytes (a write error discards them: their content is then unknown); commit()
+  // verifies like begin_write()'s writers and removes the file on a mismatch. Errors: io; the
+  // replay's error (the file is kept).
+  using Replay = std::function<Result<void>(std::string_view data)>;
+  Result<std::unique_ptr<BlobWriter>> resume_write(const oci::Digest& digest,
+                                                   const Replay& replay = {});
+  // Removes the resumable bytes of `digest` (absent: success). Call without a live writer of it.
+  // Errors: io.
+  Result<void> discard_resumable(const oci::Digest& digest);
+  // Digests that have resumable bytes. Errors: io.
+  Result<std::vector<oci::Digest>> list_resumable() const;
+
   const std::filesystem::path& root() const { return m_root; }
 
  private:
@@ -37,6 +57,7 @@ class FsBlobStore : public BlobStore {
   std::filesystem::path m_root;
   std::filesystem::path m_blobs_dir;
   std::filesystem::path m_ingest_dir;
+  std::filesystem::path m_resume_dir;
 };
 
 }  // namespace envd::store
