@@ -1,10 +1,12 @@
-// Hashes files in parallel on all cores, consulting the stat cache first. Guarantees that a
-// recorded digest matches the file: a file whose stat changes while it is read is re-read.
+// Hashes files in parallel on all cores, consulting the stat cache first, either from a list of
+// stat-ed files or during the walk itself. Guarantees that a recorded digest matches the file: a
+// file whose stat changes while it is read is re-read.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -33,6 +35,15 @@ struct HashOptions {
   // cached: a change within the filesystem's timestamp granularity could leave their stat
   // unchanged ("racy" entries, as in git's index).
   std::int64_t racy_after_ns = std::numeric_limits<std::int64_t>::max();
+  // Files whose mtime and ctime are both before this (ns since the epoch) count as settled: not
+  // written since the scan began, so walk_and_hash reads them with one fstat after the read instead
+  // of a stat before and after (a write during the read would have moved the ctime past this).
+  // Must be at or before the scan's start minus the filesystem's timestamp granularity; the
+  // default counts no file as settled.
+  std::int64_t settled_before_ns = std::numeric_limits<std::int64_t>::min();
+  // Called after a file's bytes were read and before its stat is checked, with its root-relative
+  // path (tests change files here to exercise change detection). Called from many threads.
+  std::function<void(const std::string& path)> after_read;
 };
 
 // Sets `digest` on every regular file in `files` (paths relative to `root`), from the cache or by
@@ -42,5 +53,16 @@ struct HashOptions {
 // failed_precondition when it kept changing while being read.
 Result<void> hash_files(const std::filesystem::path& root, std::vector<WalkedFile>& files,
                         StatCache& cache, const HashOptions& options, HashProgress& progress);
+
+// walk_tree and hash_files in one pass: each directory's regular files are read while the walk has
+// it open (openat), on the walking threads, so reading overlaps listing. A file the cache knows by
+// path is stat-ed and looked up as in hash_files; a file it does not know is read first and
+// fstat-ed once after (see HashOptions::settled_before_ns), falling back to the stat before and
+// after when it is not settled. Then replaces the cache's entries for `root`, as hash_files does.
+// Errors: those of walk_tree and hash_files.
+Result<std::vector<WalkedFile>> walk_and_hash(const std::filesystem::path& root, StatCache& cache,
+                                              const WalkOptions& walk_options,
+                                              const HashOptions& options, HashProgress& progress,
+                                              Diagnostics& diagnostics);
 
 }  // namespace envd::agent

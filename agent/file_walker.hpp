@@ -1,5 +1,6 @@
 // Stat walk of a directory tree (parallel over directories, never following symlinks), and stat of
-// a given list of paths. Produces the metadata the hasher and the stat cache key on.
+// a given list of paths. Produces the metadata the hasher and the stat cache key on; can hand each
+// regular file to a reader while its directory is open, so that reading overlaps the walk.
 #pragma once
 
 #include <sys/stat.h>
@@ -34,7 +35,7 @@ struct WalkedFile {
   std::uint32_t mode = 0;  // permission bits
   StatKey key;
   std::string target;                 // symlink target
-  std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files)
+  std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files, walk_and_hash)
 };
 
 // The StatKey of an lstat/fstat result.
@@ -43,14 +44,31 @@ StatKey stat_key(const struct ::stat& st);
 // The snapshot entry of a walked (and, for regular files, hashed) file; moves its strings.
 snapshot::FileEntry to_file_entry(WalkedFile&& file);
 
+// Reads regular files during a walk, relative to their open directory (openat: no re-resolution of
+// the full path per file). Called concurrently from all walking threads. `file.path` is set (root-
+// relative) when either method is called.
+class ContentReader {
+ public:
+  virtual ~ContentReader() = default;
+  // For an entry its directory lists as a regular file, before the walker stat-ed it: either fill
+  // `file` (type, mode, key and digest) from the file itself and return true, or return false to
+  // have the walker lstat the entry, skip it or record it as what it is now, and pass it to
+  // read_statted() if it is a regular file. An error stops the walk.
+  virtual Result<bool> read_listed(int dirfd, const char* name, WalkedFile& file) = 0;
+  // For a regular file the walker lstat-ed (`file` has type, mode and key): sets its digest, and
+  // its key if the file was read under a newer stat. An error stops the walk.
+  virtual Result<void> read_statted(int dirfd, const char* name, WalkedFile& file) = 0;
+};
+
 struct WalkOptions {
-  unsigned threads = 0;  // 0: one per core
+  unsigned threads = 0;             // 0: one per core
+  ContentReader* reader = nullptr;  // optional: regular files are passed to it during the walk
 };
 
 // Every regular file and symlink below `root`, sorted by path. Directories are descended (not
 // through symlinks); FIFOs, sockets and devices are skipped with a warning; unreadable directories
 // and non-UTF-8 names are skipped with a warning naming them. Errors: not_found / invalid_argument
-// when root is missing or not a directory.
+// when root is missing or not a directory; the reader's first error.
 Result<std::vector<WalkedFile>> walk_tree(const std::filesystem::path& root,
                                           const WalkOptions& options, Diagnostics& diagnostics);
 

@@ -5,8 +5,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <future>
+#include <optional>
 #include <string_view>
-#include <unordered_map>
 #include <unordered_set>
 
 #include "agent/conda_meta.hpp"
@@ -50,29 +51,35 @@ Result<std::vector<PackageRecord>> read_records(const std::filesystem::path& pre
   return records;
 }
 
-// Hashes `files` and distributes them over `records`; what no record claims is unowned.
-Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
-                      std::vector<PackageRecord>& records, ScanContext& ctx) {
+// Distributes hashed `files` over `records`; what no record claims is unowned.
+void assemble(Environment& env, std::vector<WalkedFile>& files, std::vector<PackageRecord>& records,
+              ScanContext& ctx) {
   const std::filesystem::path prefix(env.prefix);
-  {
-    log::PhaseTimer t("snapshot", "hash");
-    ENVD_TRY_VOID(hash_files(prefix, files, ctx.cache, ctx.hash_options, ctx.progress));
-  }
   log::PhaseTimer t("snapshot", "assemble");
-  std::unordered_map<std::string_view, std::size_t> by_path;
-  by_path.reserve(files.size());
-  for (std::size_t i = 0; i < files.size(); ++i) by_path.emplace(files[i].path, i);
+  // `files` is sorted by path: a binary search finds a recorded path without building an index of
+  // ~50k entries (allocations and fresh pages cost more here than the comparisons).
+  auto index_of = [&](const std::string& path) -> std::optional<std::size_t> {
+    auto it =
+        std::lower_bound(files.begin(), files.end(), path,
+                         [](const WalkedFile& f, const std::string& p) { return f.path < p; });
+    if (it == files.end() || it->path != path) return std::nullopt;
+    return static_cast<std::size_t>(it - files.begin());
+  };
   std::vector<int> owner(files.size(), -1);
+  std::vector<std::size_t> owned_count(records.size(), 0);
   for (std::size_t r = 0; r < records.size(); ++r) {
     std::size_t missing = 0;
     std::string first_missing;
     for (const auto& p : records[r].paths) {
-      auto it = by_path.find(p);
-      if (it == by_path.end()) {
+      auto i = index_of(p);
+      if (!i) {
         if (missing++ == 0) first_missing = p;
         continue;
       }
-      if (owner[it->second] < 0) owner[it->second] = static_cast<int>(r);
+      if (owner[*i] < 0) {
+        owner[*i] = static_cast<int>(r);
+        ++owned_count[r];
+      }
     }
     if (missing > 0 && !env.partial) {
       ctx.diagnostics.warn((prefix / records[r].record_path).string(),
@@ -82,9 +89,15 @@ Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
     }
   }
 
+  // Each list gets its final size up front: growing them would copy ~50k entries into fresh pages.
   std::vector<snapshot::Package> packages(records.size());
-  for (std::size_t r = 0; r < records.size(); ++r) packages[r] = std::move(records[r].meta);
-  by_path.clear();  // its keys view the paths moved out below
+  std::size_t owned_total = 0;
+  for (std::size_t r = 0; r < records.size(); ++r) {
+    packages[r] = std::move(records[r].meta);
+    packages[r].files.reserve(owned_count[r]);
+    owned_total += owned_count[r];
+  }
+  env.unowned.reserve(env.unowned.size() + files.size() - owned_total);
   for (std::size_t i = 0; i < files.size(); ++i) {
     auto entry = to_file_entry(std::move(files[i]));
     if (owner[i] < 0) {
@@ -105,7 +118,6 @@ Result<void> assemble(Environment& env, std::vector<WalkedFile>& files,
     return a.manager < b.manager;
   });
   env.packages = std::move(packages);
-  return {};
 }
 
 std::string canonical_string(const std::filesystem::path& p) {
@@ -127,9 +139,13 @@ Result<Environment> scan_partial(const std::filesystem::path& base, bool with_si
   env.partial = true;
   ENVD_TRY(auto paths, base_interpreter_paths(base, with_site_packages, ctx.diagnostics));
   auto files = stat_paths(base, paths, ctx.diagnostics);
+  {
+    log::PhaseTimer t("snapshot", "hash");
+    ENVD_TRY_VOID(hash_files(base, files, ctx.cache, ctx.hash_options, ctx.progress));
+  }
   ENVD_TRY(auto records,
            read_records(base, EnvironmentKind::prefix, with_site_packages, ctx.diagnostics));
-  ENVD_TRY_VOID(assemble(env, files, records, ctx));
+  assemble(env, files, records, ctx);
   return env;
 }
 
@@ -168,17 +184,22 @@ Result<std::vector<Environment>> scan_environment(const std::filesystem::path& p
     base = *b;
     env.base_prefix = b->string();
   }
-  auto files = [&] {
-    log::PhaseTimer t("snapshot", "walk");
-    return walk_tree(prefix, ctx.walk_options, ctx.diagnostics);
-  }();
-  if (!files) return context(files.error());
-  auto records = [&] {
+  // The package records are read on a thread of their own meanwhile: it fills the gaps the
+  // syscall-bound walk leaves on the cores.
+  auto records_later = std::async(std::launch::async, [&] {
     log::PhaseTimer t("snapshot", "package records");
     return read_records(prefix, env.kind, true, ctx.diagnostics);
+  });
+  auto files = [&] {
+    log::PhaseTimer t("snapshot", "walk and hash");
+    return walk_and_hash(prefix, ctx.cache, ctx.walk_options, ctx.hash_options, ctx.progress,
+                         ctx.diagnostics);
   }();
+  if (!files) return context(files.error());
+  ctx.cache.start_save();  // this prefix's entries are final: written while the rest goes on
+  auto records = records_later.get();
   if (!records) return context(records.error());
-  if (auto r = assemble(env, *files, *records, ctx); !r) return context(r.error());
+  assemble(env, *files, *records, ctx);
   out.push_back(std::move(env));
   if (base) {
     auto base_env = scan_partial(*base, out.front().system_site_packages, ctx);

@@ -130,7 +130,10 @@ Result<SnapshotOutcome> take_snapshot(const SnapshotOptions& options, HashProgre
   Diagnostics diagnostics;
   HashOptions hash_options;
   hash_options.threads = options.threads;
+  // Both bounds sit two timestamp steps before the scan starts: a write from then on moves a
+  // file's ctime to or past them.
   hash_options.racy_after_ns = clock() - 2 * timestamp_granularity_ns();
+  hash_options.settled_before_ns = hash_options.racy_after_ns;
   WalkOptions walk_options;
   walk_options.threads = options.threads;
   ScanContext ctx{*cache, hash_options, walk_options, progress ? *progress : local_progress,
@@ -171,16 +174,17 @@ Result<SnapshotOutcome> take_snapshot(const SnapshotOptions& options, HashProgre
   std::sort(snap.sources.begin(), snap.sources.end(),
             [](const auto& a, const auto& b) { return a.root < b.root; });
 
-  {
-    log::PhaseTimer t("snapshot", "save stat cache");
-    ENVD_TRY_VOID(cache->save());
-  }
+  cache->start_save();  // written while the document is digested
   snap.created = rfc3339_now();
   snap.host = host_name();
   snap.envd_version = options.envd_version;
   {
     log::PhaseTimer t("snapshot", "digest");
     ENVD_TRY(out.digest, snapshot::digest_of(snap));
+  }
+  {
+    log::PhaseTimer t("snapshot", "save stat cache (wait)");
+    ENVD_TRY_VOID(cache->save());
   }
   out.files_hashed = ctx.progress.files_hashed.load();
   out.bytes_hashed = ctx.progress.bytes_hashed.load();

@@ -1,12 +1,13 @@
-// SQLite persistence of the stat cache: one row per root holding its entries packed and sorted.
-// Reading or writing ~50k entries is then one row (milliseconds), where a row per file costs
-// hundreds of milliseconds to write and an allocation per entry to read.
+// SQLite persistence of the stat cache: one row per root holding its entries packed and sorted, so
+// ~50k entries are read or written in milliseconds (a row per file costs hundreds to write).
+// Writes may run on a background thread (start_save) while the snapshot goes on.
 #include "agent/stat_cache.hpp"
 
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace envd::agent {
 namespace {
@@ -48,24 +49,44 @@ Result<void> exec(sqlite3* db, const std::filesystem::path& path, const char* sq
   return {};
 }
 
+constexpr std::size_t k_entry_fixed_size = 4 + 5 * 8 + 32;  // all but the path bytes
+
 }  // namespace
 
+StatCacheRoot::Packer::Packer(std::size_t count, std::size_t path_bytes) {
+  m_out.reserve(k_magic.size() + 8 + count * k_entry_fixed_size + path_bytes);
+  m_out.append(k_magic);
+  put<std::uint64_t>(m_out, 0);  // the count, written by finish()
+}
+
+void StatCacheRoot::Packer::add(std::string_view path, const StatKey& key,
+                                const oci::Digest& digest) {
+  put<std::uint32_t>(m_out, static_cast<std::uint32_t>(path.size()));
+  m_out.append(path);
+  put(m_out, key.dev);
+  put(m_out, key.ino);
+  put(m_out, key.size);
+  put(m_out, key.mtime_ns);
+  put(m_out, key.ctime_ns);
+  auto hex = digest.hex();
+  char raw[32];
+  for (std::size_t i = 0; i < 32; ++i)
+    raw[i] = static_cast<char>((hex_value(hex[2 * i]) << 4) | hex_value(hex[2 * i + 1]));
+  m_out.append(raw, sizeof raw);
+  ++m_count;
+}
+
+std::string StatCacheRoot::Packer::finish() && {
+  std::memcpy(m_out.data() + k_magic.size(), &m_count, sizeof m_count);
+  return std::move(m_out);
+}
+
 std::string StatCacheRoot::pack(const std::vector<Entry>& entries) {
-  std::string out(k_magic);
-  put<std::uint64_t>(out, entries.size());
-  for (const auto& e : entries) {
-    put<std::uint32_t>(out, static_cast<std::uint32_t>(e.path.size()));
-    out += e.path;
-    put(out, e.key.dev);
-    put(out, e.key.ino);
-    put(out, e.key.size);
-    put(out, e.key.mtime_ns);
-    put(out, e.key.ctime_ns);
-    auto hex = e.digest.hex();
-    for (std::size_t i = 0; i < 64; i += 2)
-      out += static_cast<char>((hex_value(hex[i]) << 4) | hex_value(hex[i + 1]));
-  }
-  return out;
+  std::size_t path_bytes = 0;
+  for (const auto& e : entries) path_bytes += e.path.size();
+  Packer packer(entries.size(), path_bytes);
+  for (const auto& e : entries) packer.add(e.path, e.key, e.digest);
+  return std::move(packer).finish();
 }
 
 StatCacheRoot StatCacheRoot::unpack(std::string blob) {
@@ -75,29 +96,45 @@ StatCacheRoot StatCacheRoot::unpack(std::string blob) {
   std::uint64_t count = 0;
   if (in.substr(0, k_magic.size()) != k_magic) return StatCacheRoot{};
   in.remove_prefix(k_magic.size());
-  if (!get(in, count) || count > in.size()) return StatCacheRoot{};
-  root.m_slots.reserve(count);
+  if (!get(in, count) || count > in.size() / k_entry_fixed_size ||
+      root.m_blob.size() > std::numeric_limits<std::uint32_t>::max())
+    return StatCacheRoot{};
+  root.m_offsets.reserve(count);
   for (std::uint64_t i = 0; i < count; ++i) {
-    Slot s{};
-    if (!get(in, s.path_size) || in.size() < s.path_size) return StatCacheRoot{};
-    s.path_offset = static_cast<std::uint32_t>(in.data() - root.m_blob.data());
-    in.remove_prefix(s.path_size);
-    if (!get(in, s.key.dev) || !get(in, s.key.ino) || !get(in, s.key.size) ||
-        !get(in, s.key.mtime_ns) || !get(in, s.key.ctime_ns) || !get(in, s.digest))
+    auto offset = static_cast<std::uint32_t>(in.data() - root.m_blob.data());
+    std::uint32_t path_size = 0;
+    if (!get(in, path_size) || in.size() < path_size + k_entry_fixed_size - 4)
       return StatCacheRoot{};
-    root.m_slots.push_back(s);
+    in.remove_prefix(path_size + k_entry_fixed_size - 4);
+    root.m_offsets.push_back(offset);
   }
   return root;
 }
 
+std::string_view StatCacheRoot::path_at(std::uint32_t offset) const {
+  std::uint32_t size = 0;
+  std::memcpy(&size, m_blob.data() + offset, sizeof size);
+  return std::string_view(m_blob.data() + offset + sizeof size, size);
+}
+
+std::optional<StatCacheRoot::Found> StatCacheRoot::find(std::string_view path) const {
+  auto it = std::lower_bound(m_offsets.begin(), m_offsets.end(), path,
+                             [&](std::uint32_t at, std::string_view p) { return path_at(at) < p; });
+  if (it == m_offsets.end() || path_at(*it) != path) return std::nullopt;
+  std::string_view in(m_blob);
+  in.remove_prefix(*it + 4 + path.size());
+  StatKey key;
+  std::array<std::uint8_t, 32> digest{};
+  // unpack() checked that every entry is complete.
+  (void)(get(in, key.dev) && get(in, key.ino) && get(in, key.size) && get(in, key.mtime_ns) &&
+         get(in, key.ctime_ns) && get(in, digest));
+  return Found{key, oci::Digest::from_bytes(digest)};
+}
+
 std::optional<oci::Digest> StatCacheRoot::lookup(std::string_view path, const StatKey& key) const {
-  auto path_of = [&](const Slot& s) {
-    return std::string_view(m_blob.data() + s.path_offset, s.path_size);
-  };
-  auto it = std::lower_bound(m_slots.begin(), m_slots.end(), path,
-                             [&](const Slot& s, std::string_view p) { return path_of(s) < p; });
-  if (it == m_slots.end() || path_of(*it) != path || !(it->key == key)) return std::nullopt;
-  return oci::Digest::from_bytes(it->digest);
+  auto found = find(path);
+  if (!found || !(found->key == key)) return std::nullopt;
+  return found->digest;
 }
 
 struct StatCache::Db {
@@ -106,7 +143,14 @@ struct StatCache::Db {
   ~Db() { sqlite3_close(handle); }
 };
 
-StatCache::~StatCache() = default;
+StatCache::~StatCache() {
+  join_writer();
+}
+
+void StatCache::join_writer() {
+  if (m_writer.joinable()) m_writer.join();
+  m_writing.clear();
+}
 
 std::unique_ptr<StatCache> StatCache::in_memory() {
   return std::unique_ptr<StatCache>(new StatCache());
@@ -134,39 +178,93 @@ Result<std::unique_ptr<StatCache>> StatCache::open(const std::filesystem::path& 
 Result<const StatCacheRoot*> StatCache::root(const std::string& root) {
   if (auto it = m_roots.find(root); it != m_roots.end()) return it->second.get();
   auto entry = std::make_unique<StatCacheRoot>();
+  if (auto it = m_pending.find(root); it != m_pending.end()) {
+    *entry = StatCacheRoot::unpack(it->second);  // replaced and not yet saved
+    auto* raw = entry.get();
+    m_roots[root] = std::move(entry);
+    return raw;
+  }
   if (m_db) {
+    join_writer();  // the database is the writer's until then; and the root may be in its write
     sqlite3* db = m_db->handle;
-    sqlite3_stmt* stmt = nullptr;
-    if (sqlite3_prepare_v2(db, "SELECT entries FROM stat_roots WHERE root = ?", -1, &stmt,
-                           nullptr) != SQLITE_OK)
-      return sqlite_error(db, m_db->path, "read");
-    sqlite3_bind_text(stmt, 1, root.c_str(), static_cast<int>(root.size()), SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
-      const auto* data = static_cast<const char*>(sqlite3_column_blob(stmt, 0));
-      std::string blob(data != nullptr ? data : "",
-                       static_cast<std::size_t>(sqlite3_column_bytes(stmt, 0)));
-      *entry = StatCacheRoot::unpack(std::move(blob));
-    }
-    sqlite3_finalize(stmt);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sqlite_error(db, m_db->path, "read");
+    // The row id and size first, then the blob straight into our buffer (sqlite3_blob_read):
+    // reading the column would first assemble a second copy of its megabytes inside SQLite.
+    // One read transaction: another process may replace the row in between.
+    ENVD_TRY_VOID(exec(db, m_db->path, "BEGIN"));
+    auto loaded = read_root(root);
+    (void)exec(db, m_db->path, "COMMIT");
+    if (!loaded) return loaded.error();
+    *entry = std::move(*loaded);
   }
   auto* raw = entry.get();
   m_roots[root] = std::move(entry);
   return raw;
 }
 
+Result<StatCacheRoot> StatCache::read_root(const std::string& root) {
+  sqlite3* db = m_db->handle;
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT rowid, length(entries) FROM stat_roots WHERE root = ?", -1,
+                         &stmt, nullptr) != SQLITE_OK)
+    return sqlite_error(db, m_db->path, "read");
+  sqlite3_bind_text(stmt, 1, root.c_str(), static_cast<int>(root.size()), SQLITE_STATIC);
+  int rc = sqlite3_step(stmt);
+  sqlite3_int64 rowid = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+  int size = rc == SQLITE_ROW ? sqlite3_column_int(stmt, 1) : 0;
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sqlite_error(db, m_db->path, "read");
+  if (rc != SQLITE_ROW || size <= 0) return StatCacheRoot{};
+  sqlite3_blob* blob = nullptr;
+  std::string bytes(static_cast<std::size_t>(size), '\0');
+  bool ok = sqlite3_blob_open(db, "main", "stat_roots", "entries", rowid, 0, &blob) == SQLITE_OK &&
+            sqlite3_blob_read(blob, bytes.data(), size, 0) == SQLITE_OK;
+  sqlite3_blob_close(blob);
+  if (!ok) return sqlite_error(db, m_db->path, "read");
+  return StatCacheRoot::unpack(std::move(bytes));
+}
+
 void StatCache::replace(const std::string& root, const std::vector<StatCacheRoot::Entry>& entries) {
-  auto packed = StatCacheRoot::pack(entries);
-  m_roots[root] = std::make_unique<StatCacheRoot>(StatCacheRoot::unpack(packed));
+  replace_packed(root, StatCacheRoot::pack(entries));
+}
+
+void StatCache::replace_packed(const std::string& root, std::string packed) {
+  // Unpacked again only if root() asks for it: a snapshot replaces each root once, after its last
+  // lookup, so this usually saves a copy of the whole buffer.
+  m_roots.erase(root);
   m_pending[root] = std::move(packed);
 }
 
+void StatCache::start_save() {
+  if (!m_db || m_pending.empty()) return;
+  join_writer();
+  if (m_writer_error) return;  // save() reports it; what is pending then waits for save()
+  m_writing = std::move(m_pending);
+  m_pending.clear();
+  m_writer = std::thread([this] {
+    if (auto r = write(m_writing); !r) m_writer_error = r.error();
+  });
+}
+
 Result<void> StatCache::save() {
-  if (!m_db || m_pending.empty()) {
+  join_writer();
+  if (m_writer_error) {
+    Error e = std::move(*m_writer_error);
+    m_writer_error.reset();
+    return e;
+  }
+  if (!m_db) {  // in memory: what was replaced is all there is
+    for (auto& [root, blob] : m_pending)
+      m_roots[root] = std::make_unique<StatCacheRoot>(StatCacheRoot::unpack(std::move(blob)));
     m_pending.clear();
     return {};
   }
+  if (m_pending.empty()) return {};
+  ENVD_TRY_VOID(write(m_pending));
+  m_pending.clear();
+  return {};
+}
+
+Result<void> StatCache::write(const std::map<std::string, std::string>& roots) {
   sqlite3* db = m_db->handle;
   const auto& path = m_db->path;
   ENVD_TRY_VOID(exec(db, path, "BEGIN IMMEDIATE"));
@@ -177,7 +275,7 @@ Result<void> StatCache::save() {
     (void)exec(db, path, "ROLLBACK");
     return e;
   }
-  for (const auto& [root, blob] : m_pending) {
+  for (const auto& [root, blob] : roots) {
     sqlite3_bind_text(stmt, 1, root.c_str(), static_cast<int>(root.size()), SQLITE_STATIC);
     sqlite3_bind_blob(stmt, 2, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
     if (sqlite3_step(stmt) != SQLITE_DONE) {
@@ -189,9 +287,7 @@ Result<void> StatCache::save() {
     sqlite3_reset(stmt);
   }
   sqlite3_finalize(stmt);
-  ENVD_TRY_VOID(exec(db, path, "COMMIT"));
-  m_pending.clear();
-  return {};
+  return exec(db, path, "COMMIT");
 }
 
 }  // namespace envd::agent

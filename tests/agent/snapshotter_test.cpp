@@ -160,6 +160,27 @@ TEST_CASE(
   CHECK(fourth->digest == first->digest);
 }
 
+TEST_CASE(
+    "the digest does not depend on how files were read: settled, or stat-ed before and after") {
+  ScratchDir dir;
+  auto prefix = make_plain_prefix(dir / "py");
+  // The far-future clock counts every file as settled: each is read and fstat-ed once.
+  auto settled = take_snapshot(options_for(prefix, dir / "state1"));
+  REQUIRE(settled);
+  // A clock at the epoch counts every file as just written, unsettled and racy: each is stat-ed
+  // before and after its read, and none is cached, so a second run reads them all again.
+  auto opts = options_for(prefix, dir / "state2");
+  opts.clock = [] { return std::int64_t{0}; };
+  auto fresh = take_snapshot(opts);
+  REQUIRE(fresh);
+  CHECK(fresh->files_hashed == 11);
+  CHECK(fresh->digest == settled->digest);
+  auto again = take_snapshot(opts);
+  REQUIRE(again);
+  CHECK(again->files_hashed == 11);
+  CHECK(again->digest == settled->digest);
+}
+
 TEST_CASE("a conda prefix: conda records own files, pip-installed packages are told apart") {
   ScratchDir dir;
   auto prefix = dir / "conda";
