@@ -80,6 +80,14 @@ std::filesystem::path envd_home() {
 Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
                                                 const std::string& src, bool no_src,
                                                 const std::vector<std::string>& allow_secrets) {
+  ENVD_TRY(auto config, load_user_config());
+  return snapshot_options(prefixes, src, no_src, allow_secrets, config);
+}
+
+Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
+                                                const std::string& src, bool no_src,
+                                                const std::vector<std::string>& allow_secrets,
+                                                const UserConfig& config) {
   agent::SnapshotOptions options;
   if (prefixes.empty()) {
     ENVD_TRY(auto p, default_prefix());
@@ -94,7 +102,10 @@ Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& 
     if (auto tree = enclosing_work_tree(std::filesystem::current_path(ec))) options.src = *tree;
   }
   options.state_dir = envd_home();
-  options.secret_allow = allow_secrets;
+  options.secret_allow = config.allow_secrets;
+  options.secret_allow.insert(options.secret_allow.end(), allow_secrets.begin(),
+                              allow_secrets.end());
+  options.extra_ignores = config.ignore;
   options.envd_version = ENVD_VERSION;
   return options;
 }

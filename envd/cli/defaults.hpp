@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "agent/snapshotter.hpp"
-
+#include "envd/cli/user_config.hpp"
 #include "envd/util/error.hpp"
 
 namespace envd::cli {
@@ -24,7 +24,15 @@ std::optional<std::filesystem::path> enclosing_work_tree(const std::filesystem::
 std::filesystem::path envd_home();
 
 // Snapshot options from the scan flags shared by snapshot, push and diff, with the defaults
-// above for what is not given. Errors: not_found when no environment can be found.
+// above for what is not given, and the user config's ignore patterns and secret allow-list (the
+// --allow-secret flags add to it). Errors: not_found when no environment can be found.
+Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
+                                                const std::string& src, bool no_src,
+                                                const std::vector<std::string>& allow_secrets,
+                                                const UserConfig& config);
+
+// The same, reading the user config itself (load_user_config). Errors: also the config's
+// (invalid_argument naming its line and key).
 Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
                                                 const std::string& src, bool no_src,
                                                 const std::vector<std::string>& allow_secrets);

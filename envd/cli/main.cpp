@@ -11,7 +11,10 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   envd::cli::add_snapshot_command(app, exit_code);
   envd::cli::add_push_command(app, exit_code);
+  envd::cli::add_diff_command(app, exit_code);
+  envd::cli::add_watch_command(app, exit_code);
   envd::cli::add_builder_command(app, exit_code);
+  envd::cli::add_node_serve_command(*envd::cli::add_node_command(app, exit_code), exit_code);
   envd::cli::add_version_command(app, exit_code);
   try {
     app.parse(argc, argv);

@@ -1,20 +1,20 @@
-// `envd push`: snapshot the environment and build its image. Without a builder URL (flag,
-// ENVD_BUILDER or config) the embedded builder stores the image under $ENVD_HOME/builder, where
-// `envd builder serve --data $ENVD_HOME/builder` can serve it later.
+// `envd push`: snapshot the environment and build its image, on a remote builder (--builder,
+// ENVD_BUILDER or the config's builder) through the envd API, else on the embedded builder under
+// $ENVD_HOME/builder, where `envd builder serve --data $ENVD_HOME/builder` can serve it later.
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
-#include <cctype>
-#include <cstdlib>
+#include <chrono>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
-#include "agent/snapshotter.hpp"
-#include "builder/builder_state.hpp"
-#include "builder/content_source.hpp"
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
 #include "envd/cli/format.hpp"
 #include "envd/cli/progress.hpp"
-#include "envd/util/log.hpp"
+#include "envd/cli/push_session.hpp"
+#include "envd/cli/user_config.hpp"
 
 namespace envd::cli {
 namespace {
@@ -26,107 +26,133 @@ struct PushArgs {
   std::string name;
   std::string builder;
   bool json = false;
-  std::string compression = "zstd";
+  std::string compression;
   std::vector<std::string> allow_secrets;
 };
 
-// "My Env_2" -> "my-env_2": a repository path component (distribution spec name grammar).
-std::string repository_component(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    bool ok = (l >= 'a' && l <= 'z') || (l >= '0' && l <= '9');
-    if (ok) {
-      out += l;
-    } else if (!out.empty() && out.back() != '-' && out.back() != '.') {
-      out += (l == '.' || l == '_') ? l : '-';
-    }
-  }
-  while (!out.empty() && !std::isalnum(static_cast<unsigned char>(out.back()))) out.pop_back();
-  return out.empty() ? "env" : out;
-}
-
 int fail(std::string_view what, const Error& e) {
-  std::cerr << "envd push: " << what << ": " << e.message() << "\n";
+  std::cerr << "envd push: " << what << (what.empty() ? "" : ": ") << e.message() << "\n";
   return exit_code_for(e);
 }
 
-int run_push(const PushArgs& args) {
-  std::string builder_url = args.builder;
-  if (builder_url.empty()) {
-    if (const char* v = std::getenv("ENVD_BUILDER"); v != nullptr) builder_url = v;
-  }
-  if (!builder_url.empty()) {
-    std::cerr << "envd push: pushing to a remote builder (" << builder_url
-              << ") is not implemented yet; unset ENVD_BUILDER and omit --builder to use the "
-                 "embedded builder\n";
-    return 1;
-  }
-  builder::Compression compression = builder::Compression::zstd;
-  if (args.compression == "gzip") compression = builder::Compression::gzip;
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", s);
+  return buf;
+}
 
-  auto options = snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets);
-  if (!options) return fail("find the environment", options.error());
+// The progress bar's text for the current phase.
+class PushDisplay {
+ public:
+  explicit PushDisplay(const PushProgress& p) : m_progress(p) {}
 
-  agent::HashProgress progress;
-  auto snap = [&] {
-    HashProgressLine line(progress, "hashing");
-    return agent::take_snapshot(*options, &progress);
-  }();
-  if (!snap) return fail("snapshot", snap.error());
-
-  std::string name = args.name;
-  std::string tag = "latest";
-  if (auto colon = name.rfind(':');
-      colon != std::string::npos && name.find('/', colon) == std::string::npos) {
-    tag = name.substr(colon + 1);
-    name = name.substr(0, colon);
+  std::string render() {
+    switch (m_progress.phase.load()) {
+      case 0:
+        return hash_progress_text(m_progress.hashing, "hashing");
+      case 1: {
+        auto now = std::chrono::steady_clock::now();
+        if (!m_upload_started) m_upload_started = now;
+        double s = std::chrono::duration<double>(now - *m_upload_started).count();
+        std::uint64_t done = m_progress.upload_bytes_done.load();
+        std::string rate =
+            s > 0.2
+                ? ", " + human_bytes(static_cast<std::uint64_t>(static_cast<double>(done) / s)) +
+                      "/s"
+                : "";
+        return "uploading: " + human_bytes(done) + "/" +
+               human_bytes(m_progress.upload_bytes_total.load()) + rate;
+      }
+      case 2:
+        return "building: " + std::to_string(m_progress.layers_done.load()) + "/" +
+               std::to_string(m_progress.layers_total.load()) + " layers";
+      default:
+        return "finishing";
+    }
   }
-  if (name.empty()) {
-    std::string env_name = snap->snapshot.environments.front().name;
-    name = "local/" + repository_component(env_name);
-  }
-  if (name.find('/') == std::string::npos) name = "local/" + name;
 
-  auto state = builder::BuilderState::open(envd_home() / "builder");
-  if (!state) return fail("open the embedded builder", state.error());
-  builder::BuildOptions build;
-  build.repository = name;
-  build.tag = tag;
-  build.compression = compression;
-  build.envd_version = ENVD_VERSION;
-  builder::FileContentSource files;
-  auto result = (*state)->builder->build(snap->snapshot, files, build);
-  if (!result) return fail("build " + name + ":" + tag, result.error());
+ private:
+  const PushProgress& m_progress;
+  std::optional<std::chrono::steady_clock::time_point> m_upload_started;
+};
 
-  double seconds = snap->seconds + result->seconds;
-  std::string image = name + "@" + result->manifest_digest.str();
-  if (args.json) {
-    nlohmann::json j = {{"image", image},
-                        {"tag", tag},
-                        {"manifest_digest", result->manifest_digest.str()},
-                        {"snapshot_digest", result->snapshot_digest.str()},
-                        {"layers", result->layers},
-                        {"layers_reused", result->layers_reused},
-                        {"bytes_uploaded", 0},
-                        {"bytes_built", result->bytes_written},
-                        {"snapshot_seconds", snap->seconds},
-                        {"build_seconds", result->seconds},
-                        {"seconds", seconds}};
-    std::cout << j.dump() << std::endl;
-    return 0;
-  }
-  auto totals = snapshot::totals(snap->snapshot);
-  char secs[32];
-  std::snprintf(secs, sizeof secs, "%.2f", seconds);
-  std::cout << "pushed " << name << ":" << tag << "\n"
-            << "  image " << image << "\n"
+void print_json(const PushOutcome& out) {
+  nlohmann::json j = {{"image", out.image},
+                      {"tag", out.tag},
+                      {"manifest_digest", out.manifest_digest.str()},
+                      {"layers", out.layers},
+                      {"layers_reused", out.layers_reused},
+                      {"bytes_uploaded", out.bytes_uploaded},
+                      {"seconds", out.seconds},
+                      // Beyond DESIGN.md §5's fields: what scripts and benchmarks also use.
+                      {"repository", out.repository},
+                      {"builder", out.builder.empty() ? "embedded" : out.builder},
+                      {"snapshot_digest", out.snapshot_digest.str()},
+                      {"unchanged", out.unchanged},
+                      {"blobs_uploaded", out.blobs_uploaded},
+                      {"snapshot_bytes", out.snapshot_bytes},
+                      {"bytes_built", out.bytes_built},
+                      {"files_hashed", out.files_hashed},
+                      {"snapshot_seconds", out.snapshot_seconds},
+                      {"upload_seconds", out.upload_seconds},
+                      {"build_seconds", out.build_seconds}};
+  std::cout << j.dump() << std::endl;
+}
+
+void print_summary(const PushOutcome& out, const PushTarget& target) {
+  auto totals = snapshot::totals(out.snapshot);
+  std::cout << "pushed " << out.repository << ":" << out.tag << "\n"
+            << "  image " << out.image << "\n"
             << "  " << totals.packages << " packages, " << with_commas(totals.files) << " files, "
-            << human_bytes(totals.bytes) << "\n"
-            << "  " << result->layers << " layers (" << result->layers_reused << " reused, "
-            << (result->layers - result->layers_reused) << " new, "
-            << human_bytes(result->bytes_written) << " written) in " << secs
-            << " s, embedded builder at " << (envd_home() / "builder").string() << "\n";
+            << human_bytes(totals.bytes) << "\n";
+  if (out.unchanged) {
+    std::cout << "  " << out.layers
+              << " layers, unchanged since the last push: nothing uploaded or built";
+  } else {
+    std::cout << "  " << out.layers << " layers (" << out.layers_reused << " reused, "
+              << (out.layers - out.layers_reused) << " new, " << human_bytes(out.bytes_built)
+              << " written)";
+    if (!out.builder.empty())
+      std::cout << "; sent " << human_bytes(out.bytes_uploaded) << " ("
+                << with_commas(out.blobs_uploaded) << (out.blobs_uploaded == 1 ? " file" : " files")
+                << " and the snapshot)";
+  }
+  std::cout << " in " << seconds_text(out.seconds) << " s, ";
+  if (out.builder.empty()) {
+    std::cout << "embedded builder at " << (target.envd_home / "builder").string() << "\n";
+  } else {
+    std::cout << "builder " << out.builder << "\n";
+  }
+}
+
+int run_push(const PushArgs& args) {
+  // cpp-httplib writes without MSG_NOSIGNAL: a builder closing a connection mid-upload must fail
+  // that request (EPIPE), not kill envd.
+  ::signal(SIGPIPE, SIG_IGN);
+  auto config = load_user_config();
+  if (!config) return fail("", config.error());
+  auto options =
+      snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets, *config);
+  if (!options) return fail("find the environment", options.error());
+  auto target = resolve_push_target(args.builder, args.compression, *config, envd_home());
+  if (!target) return fail("", target.error());
+
+  PushRequest request{std::move(*options), args.name.empty() ? config->name : args.name};
+  PushProgress progress;
+  PushDisplay display(progress);
+  auto result = [&] {
+    ProgressLine line([&display] { return display.render(); });
+    progress.on_step = [&line](std::string_view text) {
+      line.print("envd push: " + std::string(text));
+    };
+    return push_once(request, *target, &progress);
+  }();
+  if (!result) return fail("", result.error());
+  if (args.json) {
+    print_json(*result);
+  } else {
+    print_summary(*result, *target);
+  }
   return 0;
 }
 
@@ -142,14 +168,22 @@ void add_push_command(CLI::App& app, int& exit_code) {
                   "Source tree root; default: the git work tree around the current directory");
   cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
   cmd->add_option("--name", args->name,
-                  "Image name NAMESPACE/NAME[:TAG]; default: local/<environment name>:latest");
+                  "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
+                  "local/<environment name>:latest");
   cmd->add_option("--builder", args->builder,
-                  "Builder URL (default: $ENVD_BUILDER; none: the embedded builder)");
-  cmd->add_option("--compression", args->compression, "Layer compression")
+                  "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
+                  "builder; none: the embedded builder under $ENVD_HOME/builder");
+  cmd->add_option("--compression", args->compression,
+                  "Layer compression; default: the config's, else the builder's (zstd)")
       ->check(CLI::IsMember({"zstd", "gzip"}));
   cmd->add_flag("--json", args->json, "Print one JSON object with the result on stdout");
   cmd->add_option("--allow-secret", args->allow_secrets,
                   "Allow a source path the secret deny-list blocks (repeatable)");
+  cmd->footer(
+      "Uploads only the files the builder lacks (an interrupted push resumes where it stopped) "
+      "and prints the image reference. The token for a builder comes from $ENVD_TOKEN, else the "
+      "config's token or token_file. Config: $ENVD_CONFIG, else ~/.config/envd/config.yaml "
+      "(schemas/envd-config.schema.json). Exit codes: 0 pushed, 1 failed, 2 usage.");
   cmd->callback([args, &exit_code] { exit_code = run_push(*args); });
 }
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Benchmark of the node daemon (issue 4) against its baselines in one run, on images of a copy of
+# a real Python prefix served by `envd builder serve` on loopback: (1) cold `envd node pull` vs
+# `skopeo copy docker://... oci:DIR` + `tar -xf` of each layer (target ratio <= 0.5); (2) pull of
+# a second image differing in one ~100 KB pip package (target: bytes fetched <= new layers +
+# manifest + config); (3) `envd node run REF -- true` on the cached image vs `true` (target
+# <= 50 ms more; `bwrap --ro-bind / / true` for reference).
+# Usage: tests/bench/node_bench.sh [PREFIX] (default: $(pyenv root)/versions/3.11.7, copied).
+# ENVD_BIN (or ENVD)=path/to/envd picks the binary (default ./build/envd/cli/envd); RUNS=N pull
+# rounds (default 3, medians printed), RUN_REPS=N runs of `true` per variant (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+envd_path=${ENVD_BIN:-${ENVD:-./build/envd/cli/envd}}
+[ -x "$envd_path" ] || { echo "envd binary not found or not executable: $envd_path (build it with bash packaging/build.sh, or set ENVD_BIN)" >&2; exit 1; }
+envd=$(realpath "$envd_path")
+src_prefix=${1:-$( (pyenv root 2>/dev/null || echo /root/.pyenv) | head -1)/versions/3.11.7}
+[ -d "$src_prefix" ] || { echo "prefix not found: $src_prefix" >&2; exit 1; }
+for tool in skopeo tar zstd bwrap bc python3; do
+  command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
+done
+runs=${RUNS:-3}
+reps=${RUN_REPS:-10}
+true_bin=$(type -P true)
+
+work=$(mktemp -d /tmp/envd-node-bench.XXXXXX)
+serve_pid=
+cleanup() {
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# A copy at a fixed path, so adding a package for the second image leaves the original alone.
+prefix=$work/prefix
+cp -a "$src_prefix" "$prefix"
+
+export ENVD_HOME=$work/home ENVD_CONFIG=/dev/null
+unset ENVD_BUILDER ENVD_TOKEN
+
+json() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])['$1'])"; }
+# push TAG: builds the prefix into the embedded builder ($ENVD_HOME/builder).
+push() {
+  "$envd" push --prefix "$prefix" --no-src --name "bench/py:$1" --json \
+    2>"$work/push.err" | tail -1 || { cat "$work/push.err" >&2; exit 1; }
+}
+# A pip package NAME 1.0 of about 100 KB laid out as pip does: module dir + dist-info.
+add_package() {
+  local site name=$1
+  site=$(ls -d "$prefix"/lib/python3.*/site-packages | head -1)
+  mkdir -p "$site/$name" "$site/$name-1.0.dist-info"
+  for i in 0 1 2 3 4; do head -c 20000 /dev/urandom > "$site/$name/data$i.bin"; done
+  echo "NAME = '$name'" > "$site/$name/__init__.py"
+  printf 'Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n\n' "$name" > "$site/$name-1.0.dist-info/METADATA"
+  echo pip > "$site/$name-1.0.dist-info/INSTALLER"
+  (cd "$site" && { for f in "$name"/* "$name-1.0.dist-info"/METADATA "$name-1.0.dist-info"/INSTALLER; do
+     echo "$f,,"; done; echo "$name-1.0.dist-info/RECORD,,"; } > "$name-1.0.dist-info/RECORD")
+  du -cb "$site/$name" "$site/$name-1.0.dist-info" | tail -1 | cut -f1
+}
+
+v1_out=$(push v1)
+pkg_bytes=$(add_package envdnodebenchpkg)
+v2_out=$(push v2)
+
+"$envd" builder serve --listen 127.0.0.1:0 --data "$ENVD_HOME/builder" >"$work/serve.out" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 1 300); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+hostport=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/serve.out" | sed 's|http://||') \
+  || { echo "envd builder serve did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
+ref=$hostport/bench/py
+# Warm the page cache with the builder's blobs and the prefix: "cold" is about envd's caches.
+find "$ENVD_HOME/builder" "$prefix" -type f -print0 | xargs -0 cat > /dev/null
+
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { echo "$2 - $1" | bc -l; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Baseline: skopeo copy to an OCI layout, then extract each layer in manifest order into one dir.
+skopeo_tar() {
+  skopeo copy -q --src-tls-verify=false "docker://$ref:v1" "oci:$work/oci:v1" >/dev/null
+  mkdir -p "$work/untar"
+  python3 - "$work/oci" <<'EOF' | while read -r media blob; do
+import json, sys
+d = sys.argv[1]
+idx = json.load(open(f"{d}/index.json"))
+m = [x for x in idx["manifests"] if x.get("annotations", {}).get("org.opencontainers.image.ref.name") == "v1"][0]
+man = json.load(open(f"{d}/blobs/" + m["digest"].replace(":", "/")))
+for l in man["layers"]:
+    print(l["mediaType"], f"{d}/blobs/" + l["digest"].replace(":", "/"))
+EOF
+    case $media in
+      *zstd) tar --zstd -xf "$blob" -C "$work/untar" ;;
+      *gzip) tar -xzf "$blob" -C "$work/untar" ;;
+      *) tar -xf "$blob" -C "$work/untar" ;;
+    esac
+  done
+}
+
+# 1. Cold pull vs skopeo + tar, alternating, RUNS rounds; the last round's node data dir stays.
+pull_times=() base_times=()
+for round in $(seq 1 "$runs"); do
+  rm -rf "$work/node" "$work/oci" "$work/untar"
+  t0=$(now)
+  pull_out=$("$envd" node pull "$ref:v1" --data "$work/node" --json 2>"$work/pull.err" | tail -1) \
+    || { cat "$work/pull.err" >&2; exit 1; }
+  t1=$(now)
+  skopeo_tar
+  t2=$(now)
+  pull_times+=("$(elapsed "$t0" "$t1")")
+  base_times+=("$(elapsed "$t1" "$t2")")
+done
+untar_files=$(find "$work/untar" \( -type f -o -type l \) | wc -l)
+env_path=$(echo "$pull_out" | json path)
+env_files=$(find "$env_path" \( -type f -o -type l \) | wc -l)
+
+# 2. Second image: one package added. Sizes from the registry's own manifests.
+pull2_out=$("$envd" node pull "$ref:v2" --data "$work/node" --json 2>"$work/pull.err" | tail -1) \
+  || { cat "$work/pull.err" >&2; exit 1; }
+skopeo inspect --raw --tls-verify=false "docker://$ref:v1" > "$work/m1.json"
+skopeo inspect --raw --tls-verify=false "docker://$ref:v2" > "$work/m2.json"
+read -r new_layers new_layer_bytes manifest_bytes config_bytes total_layers < <(python3 - "$work/m1.json" "$work/m2.json" <<'EOF'
+import json, os, sys
+m1, m2 = (json.load(open(p)) for p in sys.argv[1:3])
+old = {l["digest"] for l in m1["layers"]}
+new = [l for l in m2["layers"] if l["digest"] not in old]
+print(len(new), sum(l["size"] for l in new), os.path.getsize(sys.argv[2]), m2["config"]["size"], len(m2["layers"]))
+EOF
+)
+fetched2=$(echo "$pull2_out" | json bytes_fetched)
+allowed2=$((new_layer_bytes + manifest_bytes + config_bytes))
+verdict2=$([ "$fetched2" -le "$allowed2" ] && echo pass || echo FAIL)
+
+# 3. `envd node run` on the cached image vs `true` and bwrap, RUN_REPS runs each, interleaved.
+"$envd" node run "$ref:v1" --data "$work/node" -- "$true_bin" 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
+run_t=() true_t=() bwrap_t=()
+for _ in $(seq 1 "$reps"); do
+  t0=$(now); "$true_bin"; t1=$(now); true_t+=("$(elapsed "$t0" "$t1")")
+  t0=$(now); bwrap --ro-bind / / "$true_bin"; t1=$(now); bwrap_t+=("$(elapsed "$t0" "$t1")")
+  t0=$(now); "$envd" node run "$ref:v1" --data "$work/node" -- "$true_bin" 2>>"$work/run.err"; t1=$(now)
+  run_t+=("$(elapsed "$t0" "$t1")")
+done
+
+ms() { echo "$1 * 1000" | bc -l; }
+rounds() { local x out=; for x in "$@"; do out+=$(printf '%.2f ' "$x"); done; echo "${out% }"; }
+r() { echo "$1 / $2" | bc -l; }
+pull_med=$(median "${pull_times[@]}") base_med=$(median "${base_times[@]}")
+true_med=$(median "${true_t[@]}") bwrap_med=$(median "${bwrap_t[@]}") run_med=$(median "${run_t[@]}")
+run_over=$(ms "$(echo "$run_med - $true_med" | bc -l)")
+files=$(find "$prefix" \( -type f -o -type l \) | wc -l)
+mb=$(du -sm "$prefix" | cut -f1)
+printf 'machine: %s, %s cores, %s; load average %s\n' "$(uname -m)" "$(nproc)" \
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'prefix: copy of %s (%d files, %d MB); builder %s on loopback; image v1 %s layers (%s)\n' \
+  "$src_prefix" "$files" "$mb" "$hostport" "$(echo "$v1_out" | json layers)" "$(python3 -c "import json;print(json.load(open('$work/m1.json'))['layers'][0]['mediaType'])")"
+printf '%-56s %7.2f s  (rounds: %s; %d files extracted)\n' "skopeo copy + tar -xf of each layer" "$base_med" "$(rounds "${base_times[@]}")" "$untar_files"
+printf '%-56s %7.2f s  ratio %.2f (target <= 0.5; rounds: %s; %d files; %s layers, %s bytes fetched)\n' \
+  "envd node pull, cold (pull + verify + unpack + assemble)" "$pull_med" "$(r "$pull_med" "$base_med")" \
+  "$(rounds "${pull_times[@]}")" "$env_files" "$(echo "$pull_out" | json layers)" "$(echo "$pull_out" | json bytes_fetched)"
+printf '%-56s %7d B  (%s: <= %d B = %d new layer(s) of %d: %d B + manifest %d B + config %d B; package %d B on disk; %s of %s layers fetched; %.2f s)\n' \
+  "envd node pull of v2 (one ~100 KB package added)" "$fetched2" "$verdict2" "$allowed2" "$new_layers" "$total_layers" \
+  "$new_layer_bytes" "$manifest_bytes" "$config_bytes" "$pkg_bytes" "$(echo "$pull2_out" | json layers_fetched)" \
+  "$(echo "$pull2_out" | json layers)" "$(echo "$pull2_out" | json seconds)"
+printf '%-56s %7.1f ms (median of %d)\n' "$true_bin" "$(ms "$true_med")" "$reps"
+printf '%-56s %7.1f ms (median of %d; +%.1f ms over true)\n' "bwrap --ro-bind / / true" "$(ms "$bwrap_med")" "$reps" \
+  "$(ms "$(echo "$bwrap_med - $true_med" | bc -l)")"
+printf '%-56s %7.1f ms (median of %d; +%.1f ms over true, target <= 50 ms: %s)\n' "envd node run REF -- true (cached image)" \
+  "$(ms "$run_med")" "$reps" "$run_over" "$(echo "$run_over <= 50" | bc -l | sed 's/1/met/;s/0/missed/')"
