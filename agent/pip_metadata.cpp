@@ -28,7 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace pip_text;
 
-
 // Warnings held back, so that metadata directories read in parallel report in listing order.
 class Warnings {
  public:

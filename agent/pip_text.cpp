@@ -168,7 +168,6 @@ bool append_normal(std::string& out, std::size_t& depth, std::string_view rel, b
   return true;
 }
 
-
 // Core metadata is RFC 822 style; the headers end at the first blank line and the body after it
 // may hold anything (https://packaging.python.org/en/latest/specifications/core-metadata/).
 NameVersion parse_headers(std::string_view text) {
@@ -192,7 +191,6 @@ NameVersion from_stem(std::string_view stem) {
   auto rest = stem.substr(std::min(dash + 1, stem.size()));
   return {std::string(stem.substr(0, dash)), std::string(rest.substr(0, rest.find('-')))};
 }
-
 
 // A RECORD hash "sha256=<urlsafe base64, no padding>" as a Digest; nullopt for other algorithms
 // or a malformed value.

@@ -4,8 +4,8 @@
 #pragma once
 
 #include <algorithm>
-#include <filesystem>
 #include <cstddef>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>

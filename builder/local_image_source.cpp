@@ -14,8 +14,9 @@ std::unique_ptr<registry::StoreImageSource> local_image_source(BuilderState& sta
         ENVD_TRY(auto found, index.resolve(repository, reference));
         if (!found)
           return unexpected(ErrorCode::not_found,
-                            "no image " + repository + (reference.starts_with("sha256:") ? "@" : ":") +
-                                reference + " in the builder store");
+                            "no image " + repository +
+                                (reference.starts_with("sha256:") ? "@" : ":") + reference +
+                                " in the builder store");
         return registry::ManifestLocation{found->digest, found->media_type};
       });
 }

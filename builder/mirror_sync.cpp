@@ -58,7 +58,8 @@ struct MirrorSync::Impl {
   bool mirror_repository(const std::string& repo) {
     auto tags = state.index->tags(repo);
     if (!tags) {
-      log::warn("mirror", "cannot list tags", {{"repository", repo}, {"error", tags.error().message()}});
+      log::warn("mirror", "cannot list tags",
+                {{"repository", repo}, {"error", tags.error().message()}});
       return false;
     }
     bool ok = true;
@@ -105,8 +106,7 @@ struct MirrorSync::Impl {
     }
     ENVD_TRY(auto dest, registry::RegistryClient::create(target.host, client));
     auto source = local_image_source(state, repo);
-    std::string dest_repo =
-        target.config.prefix.empty() ? repo : target.config.prefix + "/" + repo;
+    std::string dest_repo = target.config.prefix.empty() ? repo : target.config.prefix + "/" + repo;
     ENVD_TRY(auto result, registry::copy_image(*source, tag, *dest, dest_repo, tag));
     log::info("mirror", "image mirrored",
               {{"image", repo + ":" + tag},
@@ -149,8 +149,7 @@ struct MirrorSync::Impl {
         not_before.erase(*ready);
       } else {
         auto& delay = backoff[*ready];
-        delay = delay.count() == 0 ? options.retry_initial
-                                   : std::min(delay * 2, options.retry_max);
+        delay = delay.count() == 0 ? options.retry_initial : std::min(delay * 2, options.retry_max);
         not_before[*ready] = Clock::now() + delay;
         pending.insert(*ready);
       }
@@ -166,7 +165,9 @@ Result<std::unique_ptr<MirrorSync>> MirrorSync::create(BuilderState& state,
   auto impl = std::make_unique<Impl>(state, options);
   for (const MirrorConfig& m : options.mirrors) {
     auto url = registry::parse_url(m.url);
-    if (!url) return unexpected(ErrorCode::invalid_argument, "mirror " + m.url + ": " + url.error().message());
+    if (!url)
+      return unexpected(ErrorCode::invalid_argument,
+                        "mirror " + m.url + ": " + url.error().message());
     Target t{m, url->authority(), {}};
     t.client.user_agent = options.user_agent;
     bool loopback = registry::is_loopback_host(url->host);
