@@ -139,9 +139,9 @@ TEST_CASE("envd builder serve mirrors every moved tag to the registries of its c
 TEST_CASE("envd builder serve refuses a mirror URL it cannot use, naming the key") {
   ScratchDir dir;
   write_file(dir / "builder.yaml", "mirrors:\n  - url: not-a-url\n");
-  auto serve = run_command({envd::test::envd_binary(), "builder", "serve", "--listen",
-                            "127.0.0.1:0", "--data", (dir / "data").string(), "--config",
-                            (dir / "builder.yaml").string()});
+  auto serve =
+      run_command({envd::test::envd_binary(), "builder", "serve", "--listen", "127.0.0.1:0",
+                   "--data", (dir / "data").string(), "--config", (dir / "builder.yaml").string()});
   CHECK(serve.exit_code == 1);
   CHECK(serve.err.find("mirrors[0].url") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "data"));
