@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "support/builder_serve.hpp"
 #include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
@@ -29,61 +30,17 @@ using envd::test::write_file;
 using json = nlohmann::json;
 using Env = std::map<std::string, std::string>;
 
-// `envd builder serve ARGS` as a child: started by the constructor, which reads the port from
-// its "listening" line (bounded wait); SIGTERMed by the destructor.
-class Serve {
+// `envd builder serve --listen 127.0.0.1:0 ARGS` as a child, stopped by the destructor.
+class Serve : public envd::test::Serve {
  public:
-  Serve(const std::vector<std::string>& args, const fs::path& log) {
-    int out[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    m_pid = ::fork();
-    REQUIRE(m_pid >= 0);
-    if (m_pid == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(out[1], 1);
-      ::dup2(fd, 2);
-      std::vector<std::string> argv = {envd::test::envd_binary(), "builder", "serve", "--listen",
-                                       "127.0.0.1:0"};
-      argv.insert(argv.end(), args.begin(), args.end());
-      std::vector<char*> raw;
-      for (auto& a : argv) raw.push_back(a.data());
-      raw.push_back(nullptr);
-      ::execv(raw[0], raw.data());
-      _exit(127);
-    }
-    ::close(out[1]);
-    std::string line;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{out[0], POLLIN, 0};
-      if (::poll(&p, 1, 1000) <= 0) continue;
-      char buf[512];
-      ssize_t n = ::read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      line.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    INFO("serve stderr: " << envd::test::read_file(log));
-    auto at = line.find("http://127.0.0.1:");
-    REQUIRE_MESSAGE(at != std::string::npos, "no listening line: " << line);
-    m_port = std::stoi(line.substr(at + 17));
-  }
-  ~Serve() {
-    ::kill(m_pid, SIGCONT);
-    ::kill(m_pid, SIGTERM);
-    ::waitpid(m_pid, nullptr, 0);
-  }
-  Serve(const Serve&) = delete;
-  Serve& operator=(const Serve&) = delete;
-
-  pid_t pid() const { return m_pid; }
-  int port() const { return m_port; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(m_port); }
-  std::string host() const { return "127.0.0.1:" + std::to_string(m_port); }
+  Serve(std::vector<std::string> args, const fs::path& log)
+      : envd::test::Serve(with_free_port(std::move(args)), {}, log) {}
 
  private:
-  pid_t m_pid = -1;
-  int m_port = 0;
+  static std::vector<std::string> with_free_port(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--listen", "127.0.0.1:0"});
+    return args;
+  }
 };
 
 // A small Python prefix as pip lays it out: interpreter stub, stdlib file, packages p0..p4.

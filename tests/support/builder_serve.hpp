@@ -67,9 +67,11 @@ class Serve {
   Serve(const Serve&) = delete;
   Serve& operator=(const Serve&) = delete;
 
-  // SIGTERM, then the exit code (128+N when killed by signal N).
+  // SIGTERM (after SIGCONT, in case a test stopped it), then the exit code (128+N when killed by
+  // signal N).
   int stop() {
     if (m_pid <= 0) return m_exit;
+    ::kill(m_pid, SIGCONT);
     ::kill(m_pid, SIGTERM);
     int status = 0;
     ::waitpid(m_pid, &status, 0);
@@ -78,7 +80,10 @@ class Serve {
     m_exit = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return m_exit;
   }
+  pid_t pid() const { return m_pid; }
   int port() const { return m_port; }
+  std::string host() const { return "127.0.0.1:" + std::to_string(m_port); }
+  std::string url() const { return "http://" + host(); }
   const std::string& line() const { return m_line; }
 
  private:
