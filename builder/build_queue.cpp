@@ -200,9 +200,10 @@ void BuildQueue::tags_changed() {
   m_tags.notify_all();
 }
 
-void BuildQueue::wait_tags(std::uint64_t seen, Clock::time_point deadline) {
+bool BuildQueue::wait_tags(std::uint64_t seen, Clock::time_point deadline) {
   std::unique_lock lock(m_mutex);
   m_tags.wait_until(lock, deadline, [&] { return m_stopping || m_tag_generation != seen; });
+  return !m_stopping;
 }
 
 void BuildQueue::shutdown() {

@@ -85,8 +85,9 @@ class BuildQueue {
   std::uint64_t tag_generation();
   // Wakes wait_tags() callers (a tag moved outside the queue, e.g. an OCI manifest PUT).
   void tags_changed();
-  // Returns when tag_generation() != seen, at `deadline`, or after shutdown().
-  void wait_tags(std::uint64_t seen, Clock::time_point deadline);
+  // Returns when tag_generation() != seen, at `deadline`, or after shutdown(); false once shut
+  // down (the caller answers at once instead of waiting again).
+  bool wait_tags(std::uint64_t seen, Clock::time_point deadline);
 
   // Wakes every waiter, fails queued builds (cancelled), refuses new ones and joins the build
   // threads (running builds finish first). Idempotent.

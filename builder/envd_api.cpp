@@ -334,7 +334,9 @@ HttpResponse watch_tag(EnvdApi::Impl& api, const HttpRequest& req) {
     if (*current) digest = (*current)->digest;
     if (digest != known || Clock::now() >= std::get<Clock::time_point>(deadline))
       return json_response(200, json{{"digest", digest ? json(digest->str()) : json(nullptr)}});
-    api.queue.wait_tags(generation, std::get<Clock::time_point>(deadline));
+    // After shutdown the wait returns at once: answer now rather than spin to the deadline.
+    if (!api.queue.wait_tags(generation, std::get<Clock::time_point>(deadline)))
+      deadline = Clock::now();
   }
 }
 

@@ -430,6 +430,17 @@ TEST_CASE("tags_changed() wakes watchers after a manifest PUT through the OCI AP
   CHECK(watch.get().body == json{{"digest", digest}});
 }
 
+TEST_CASE("shutdown() answers a waiting tag watch at once instead of at its deadline") {
+  Api a;
+  auto watch = std::async(std::launch::async, [&] {
+    return get(a, "/envd/v1/team/env/tags/none/watch?wait_seconds=60");
+  });
+  a.api->shutdown();
+  // Whether the watch arrived before or after the shutdown, it must not wait out its 60 s.
+  REQUIRE(watch.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+  CHECK(watch.get().body == json{{"digest", nullptr}});
+}
+
 TEST_CASE("access: pushing needs a push token; status and watch need pull") {
   ServerOptions o;
   o.auth.tokens = {{"reader", token_hash("read-token"), {"team"}, Access::pull},
