@@ -59,23 +59,23 @@ node::LocalSourceFactory local_source_factory() {
     std::shared_ptr<builder::BuilderState> state;
   };
   auto shared = std::make_shared<Shared>();
-  return [shared](const registry::Reference& ref)
-             -> Result<std::unique_ptr<registry::ImageSource>> {
-    std::lock_guard lock(shared->mutex);
-    if (!shared->state) {
-      fs::path dir = envd_home() / "builder";
-      std::error_code ec;
-      if (!fs::is_directory(dir, ec))
-        return Error(ErrorCode::not_found, "no local builder store at " + dir.string() +
-                                               " (envd push writes one)");
-      auto state = builder::BuilderState::open(dir);
-      if (!state) return state.error();
-      shared->state = std::move(*state);
-    }
-    auto source = builder::local_image_source(*shared->state, ref.repository);
-    return std::unique_ptr<registry::ImageSource>(
-        std::make_unique<LocalSource>(shared->state, std::move(source)));
-  };
+  return
+      [shared](const registry::Reference& ref) -> Result<std::unique_ptr<registry::ImageSource>> {
+        std::lock_guard lock(shared->mutex);
+        if (!shared->state) {
+          fs::path dir = envd_home() / "builder";
+          std::error_code ec;
+          if (!fs::is_directory(dir, ec))
+            return Error(ErrorCode::not_found,
+                         "no local builder store at " + dir.string() + " (envd push writes one)");
+          auto state = builder::BuilderState::open(dir);
+          if (!state) return state.error();
+          shared->state = std::move(*state);
+        }
+        auto source = builder::local_image_source(*shared->state, ref.repository);
+        return std::unique_ptr<registry::ImageSource>(
+            std::make_unique<LocalSource>(shared->state, std::move(source)));
+      };
 }
 
 int run_serve(const ServeArgs& args) {

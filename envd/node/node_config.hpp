@@ -27,13 +27,13 @@ enum class TagWatch {
 };
 
 struct RegistryConfig {
-  std::string url;             // as written: "https://builder.example.com:5000"
-  std::string host;            // as image references name it: "builder.example.com:5000"
+  std::string url;   // as written: "https://builder.example.com:5000"
+  std::string host;  // as image references name it: "builder.example.com:5000"
   registry::Scheme scheme = registry::Scheme::https;
-  std::string username;        // with a token: sent as Basic credentials (e.g. docker-registry)
-  std::string token;           // read from token_file by read_tokens(); "" when none
+  std::string username;  // with a token: sent as Basic credentials (e.g. docker-registry)
+  std::string token;     // read from token_file by read_tokens(); "" when none
   std::filesystem::path token_file;
-  std::string token_file_key;  // "node.yaml:7: registries[0].token_file", for messages
+  std::string token_file_key;     // "node.yaml:7: registries[0].token_file", for messages
   std::filesystem::path ca_file;  // PEM CA certificates for this registry; empty: the system's
   TagWatch watch = TagWatch::automatic;
 };

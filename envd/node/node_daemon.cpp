@@ -11,6 +11,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <shared_mutex>
 #include <thread>
 
 #include "envd/node/process.hpp"
@@ -67,6 +68,7 @@ struct NodeDaemon::Impl {
   std::unique_ptr<Supervisor> supervisor;
   std::unique_ptr<StatusServer> status;
 
+  std::shared_mutex pull_gc;       // pulls (with their pin) shared, GC exclusive
   std::atomic<bool> ready{false};  // everything above exists (the status endpoint binds first)
   std::mutex mutex;
   std::condition_variable cv;
@@ -123,9 +125,8 @@ struct NodeDaemon::Impl {
   }
 
   // A pulled image becomes the one its tracker's workers run: pinned first, then handed over.
-  void install(Tracker& t, PulledImage pulled) {
+  void install(Tracker& t, PulledImage pulled, Result<ImageLease> lease) {
     std::string digest = pulled.manifest_digest.str();
-    auto lease = puller->pin(pulled.manifest_digest);
     auto usage = store->usage();
     {
       std::lock_guard lock(mutex);
@@ -255,7 +256,13 @@ struct NodeDaemon::Impl {
     while (!is_stopping()) {
       if (need_pull) {
         log::info(k_component, "pulling", {{"image", t.reference}});
+        // GC waits for the pull and the pin after it (else it could evict what was just pulled
+        // before it is pinned, with a short cache_grace).
+        std::shared_lock pulling(pull_gc);
         auto pulled = puller->pull(t.reference);
+        auto lease =
+            pulled ? puller->pin(pulled->manifest_digest) : Result<ImageLease>(pulled.error());
+        pulling.unlock();
         if (!pulled) {
           log::error(k_component, "pull failed",
                      {{"image", t.reference}, {"error", pulled.error().message()}});
@@ -264,7 +271,7 @@ struct NodeDaemon::Impl {
           continue;
         }
         current = pulled->manifest_digest.str();
-        install(t, std::move(*pulled));
+        install(t, std::move(*pulled), std::move(lease));
         need_pull = false;
         retry = options.retry_initial;
       }
@@ -321,6 +328,7 @@ struct NodeDaemon::Impl {
   }
 
   void run_gc() {
+    std::unique_lock exclusive(pull_gc);
     GcOptions gc;
     gc.quota = config.cache_quota;
     gc.grace = config.cache_grace;

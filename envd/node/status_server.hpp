@@ -40,7 +40,7 @@ struct WorkerView {
   std::string name;
   std::string reference;
   std::vector<std::string> command;
-  std::string waiting;                // why no replica runs yet; "" once supervised
+  std::string waiting;                 // why no replica runs yet; "" once supervised
   std::optional<WorkerStatus> status;  // the supervisor's view (image = manifest digest)
 };
 

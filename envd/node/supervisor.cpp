@@ -103,6 +103,20 @@ struct Worker {
 
 using ToLaunch = std::pair<Worker*, Replica*>;
 
+// One line about a replica (worker, slot, pid, image) and an optional `extra` field.
+void log_replica(log::Level level, std::string_view msg, const std::string& worker,
+                 const Replica& r, const log::Field& extra = {"", ""}) {
+  if (!log::enabled(level)) return;
+  std::string slot = std::to_string(r.slot);
+  std::string pid = std::to_string(r.pid);
+  if (extra.first.empty())
+    log::write(level, k_component, msg,
+               {{"worker", worker}, {"slot", slot}, {"pid", pid}, {"image", r.image}});
+  else
+    log::write(level, k_component, msg,
+               {{"worker", worker}, {"slot", slot}, {"pid", pid}, {"image", r.image}, extra});
+}
+
 struct LaunchJob {
   Replica* replica;
   LaunchRequest request;
@@ -140,31 +154,13 @@ Result<RestartPolicy> parse_restart_policy(std::string_view text) {
 }
 
 std::string_view to_string(RestartPolicy policy) {
-  switch (policy) {
-    case RestartPolicy::always:
-      return "always";
-    case RestartPolicy::on_failure:
-      return "on-failure";
-    case RestartPolicy::never:
-      return "never";
-  }
-  return "?";
+  constexpr std::string_view k_names[] = {"always", "on-failure", "never"};
+  return k_names[static_cast<int>(policy)];
 }
 
 std::string_view to_string(ReplicaState state) {
-  switch (state) {
-    case ReplicaState::starting:
-      return "starting";
-    case ReplicaState::ready:
-      return "ready";
-    case ReplicaState::stopping:
-      return "stopping";
-    case ReplicaState::backoff:
-      return "backoff";
-    case ReplicaState::exited:
-      return "exited";
-  }
-  return "?";
+  constexpr std::string_view k_names[] = {"starting", "ready", "stopping", "backoff", "exited"};
+  return k_names[static_cast<int>(state)];
 }
 
 struct Supervisor::Impl {
@@ -200,11 +196,8 @@ struct Supervisor::Impl {
     ++stats.restarts;
     r.state = ReplicaState::backoff;
     r.restart_at = now + delay;
-    log::info(k_component, "replica will restart",
-              {{"worker", w.spec.name},
-               {"slot", std::to_string(r.slot)},
-               {"delay_ms", std::to_string(delay.count())},
-               {"restarts", std::to_string(r.restarts)}});
+    log_replica(log::Level::info, "replica will restart", w.spec.name, r,
+                {"delay_ms", std::to_string(delay.count())});
   }
 
   void stop_check(Replica& r) {
@@ -222,12 +215,7 @@ struct Supervisor::Impl {
     r.state = ReplicaState::stopping;
     r.stop_deadline = now + w.spec.stop_grace;
     r.killed = false;
-    log::info(k_component, "stopping replica",
-              {{"worker", w.spec.name},
-               {"slot", std::to_string(r.slot)},
-               {"pid", std::to_string(r.pid)},
-               {"image", r.image},
-               {"why", std::string(why)}});
+    log_replica(log::Level::info, "stopping replica", w.spec.name, r, {"why", std::string(why)});
   }
 
   void spawn_check(const Worker& w, Replica& r, Clock::time_point now) {
@@ -278,11 +266,8 @@ struct Supervisor::Impl {
   bool on_exit(Worker& w, Replica& r, std::optional<int> code, Clock::time_point now) {
     stop_check(r);
     signal_group(r.pid, SIGKILL);  // what is left of its process group
-    log::info(k_component, "replica exited",
-              {{"worker", w.spec.name},
-               {"slot", std::to_string(r.slot)},
-               {"pid", std::to_string(r.pid)},
-               {"exit", code ? std::to_string(*code) : "unknown"}});
+    log_replica(log::Level::info, "replica exited", w.spec.name, r,
+                {"exit", code ? std::to_string(*code) : "unknown"});
     r.pid = 0;
     r.pidfd = UniqueFd();
     r.last_exit = code;
@@ -330,11 +315,7 @@ struct Supervisor::Impl {
 
   void mark_ready(const Worker& w, Replica& r) {
     r.state = ReplicaState::ready;
-    log::info(k_component, "replica ready",
-              {{"worker", w.spec.name},
-               {"slot", std::to_string(r.slot)},
-               {"pid", std::to_string(r.pid)},
-               {"image", r.image}});
+    log_replica(log::Level::info, "replica ready", w.spec.name, r);
   }
 
   // Timers of one replica: restart after backoff, readiness, SIGKILL after the grace period.
@@ -356,8 +337,7 @@ struct Supervisor::Impl {
       case ReplicaState::starting:
         if (r.pid == 0) break;
         if (now - r.started >= ready.timeout) {
-          log::warn(k_component, "replica not ready in time",
-                    {{"worker", w.spec.name}, {"slot", std::to_string(r.slot)}});
+          log_replica(log::Level::warn, "replica not ready in time", w.spec.name, r);
           r.fail_on_exit = true;
           begin_stop(w, r, now, "not ready in time");
           bump(r.stop_deadline);
@@ -376,10 +356,7 @@ struct Supervisor::Impl {
       case ReplicaState::stopping:
         if (r.killed || r.pid == 0) break;
         if (now >= r.stop_deadline) {
-          log::warn(k_component, "replica ignored SIGTERM; killing it",
-                    {{"worker", w.spec.name},
-                     {"slot", std::to_string(r.slot)},
-                     {"pid", std::to_string(r.pid)}});
+          log_replica(log::Level::warn, "replica ignored SIGTERM; killing it", w.spec.name, r);
           signal_group(r.pid, SIGKILL);
           r.killed = true;
           ++stats.kills;
@@ -502,18 +479,13 @@ struct Supervisor::Impl {
         r.state = ReplicaState::starting;
         r.next_check = now + w.spec.readiness.after;
         r.last_error.clear();
-        log::info(k_component, "replica started",
-                  {{"worker", w.spec.name},
-                   {"slot", std::to_string(r.slot)},
-                   {"pid", std::to_string(r.pid)},
-                   {"image", r.image}});
+        log_replica(log::Level::info, "replica started", w.spec.name, r);
         continue;
       }
       ++stats.launch_failures;
       r.last_error = results[i].error().message();
-      log::error(
-          k_component, "replica failed to start",
-          {{"worker", w.spec.name}, {"slot", std::to_string(r.slot)}, {"error", r.last_error}});
+      log_replica(log::Level::error, "replica failed to start", w.spec.name, r,
+                  {"error", r.last_error});
       if (w.removing || shutting_down || r.image != w.image) {
         r.state = ReplicaState::exited;  // dropped by the next reconcile
       } else if (w.spec.restart == RestartPolicy::never) {

@@ -88,7 +88,7 @@ struct ReplicaStatus {
 
 struct WorkerStatus {
   std::string name;
-  std::string image;  // the image replicas should run
+  std::string image;      // the image replicas should run
   unsigned replicas = 0;  // desired
   unsigned ready = 0;     // replicas on `image` that are ready
   bool rolling = false;   // replicas on another image still run
@@ -109,7 +109,7 @@ struct SupervisorOptions {
   std::chrono::milliseconds backoff_initial{1000};  // doubled per consecutive failure, jittered
   std::chrono::milliseconds backoff_max{60000};
   std::chrono::milliseconds stable_after{10000};  // a run this long resets the backoff
-  std::uint64_t max_log_bytes = 64ull << 20;  // a larger log is moved to SLOT.log.1 at a start
+  std::uint64_t max_log_bytes = 64ull << 20;      // a larger log is moved to SLOT.log.1 at a start
 };
 
 // Runs replicas on one internal thread that reaps them (pidfds), so that a crash is seen at once.

@@ -240,9 +240,9 @@ TEST_CASE("node config: token files are read relative to the config file") {
   auto empty = load_node_config(dir / "empty.yaml");
   REQUIRE_FALSE(empty.has_value());
   CHECK(empty.error().code() == ErrorCode::invalid_argument);
-  CHECK(empty.error().message() == (dir / "empty.yaml").string() +
-                                       ":3: registries[0].token_file: " +
-                                       (dir / "empty.token").string() + " is empty");
+  CHECK(empty.error().message() ==
+        (dir / "empty.yaml").string() +
+            ":3: registries[0].token_file: " + (dir / "empty.token").string() + " is empty");
   auto no_file = load_node_config(dir / "absent.yaml");
   REQUIRE_FALSE(no_file.has_value());
   CHECK(no_file.error().code() == ErrorCode::not_found);
@@ -291,8 +291,8 @@ TEST_CASE("node config: the example validates against the JSON Schema, bad ones 
                    "workers:\n  - {name: w, image: a/b, command: [x], restart: sometimes}\n");
   test::write_file(dir / "bad-duration.yaml", "poll_interval: 10 parsecs\n");
   test::write_file(dir / "good-minimal.yaml", k_worker + "cache_quota: 20GiB\n");
-  auto r = test::run_command(
-      {"/usr/bin/python3", "-c", R"PY(
+  auto r =
+      test::run_command({"/usr/bin/python3", "-c", R"PY(
 import json, sys, yaml, jsonschema
 schema = json.load(open(sys.argv[1]))
 jsonschema.Draft202012Validator.check_schema(schema)
@@ -301,17 +301,17 @@ for p in sys.argv[2:]:
     errors = list(v.iter_errors(yaml.safe_load(open(p))))
     print("valid" if not errors else "invalid")
 )PY",
-       (source_root() / "schemas/node-config.schema.json").string(),
-       (source_root() / "schemas/examples/node-config.example.yaml").string(),
-       (dir / "good-minimal.yaml").string(), (dir / "bad-key.yaml").string(),
-       (dir / "bad-replicas.yaml").string(), (dir / "bad-restart.yaml").string(),
-       (dir / "bad-duration.yaml").string()});
+                         (source_root() / "schemas/node-config.schema.json").string(),
+                         (source_root() / "schemas/examples/node-config.example.yaml").string(),
+                         (dir / "good-minimal.yaml").string(), (dir / "bad-key.yaml").string(),
+                         (dir / "bad-replicas.yaml").string(), (dir / "bad-restart.yaml").string(),
+                         (dir / "bad-duration.yaml").string()});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(r.out == "valid\nvalid\ninvalid\ninvalid\ninvalid\ninvalid\n");
   CHECK(parse_yaml(test::read_file(dir / "good-minimal.yaml")).has_value());
-  for (const char* bad : {"bad-key.yaml", "bad-replicas.yaml", "bad-restart.yaml",
-                          "bad-duration.yaml"}) {
+  for (const char* bad :
+       {"bad-key.yaml", "bad-replicas.yaml", "bad-restart.yaml", "bad-duration.yaml"}) {
     CAPTURE(bad);
     CHECK_FALSE(parse_yaml(test::read_file(dir / bad)).has_value());
   }

@@ -4,8 +4,8 @@
 #include "envd/node/supervisor.hpp"
 
 #include <doctest/doctest.h>
-#include <httplib.h>
 #include <fcntl.h>
+#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -107,7 +107,9 @@ WorkerSpec spec(const std::string& name, unsigned replicas, RestartPolicy restar
   return s;
 }
 
-bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+bool alive(pid_t pid) {
+  return pid > 0 && ::kill(pid, 0) == 0;
+}
 
 // A replica that records its start and its (SIGTERM-caused) stop in ./events, and says it is up
 // by creating ./ready.PID after the start line is written.
@@ -168,11 +170,12 @@ TEST_CASE("supervisor: on-failure restarts failures only; never restarts nothing
   CHECK(f.worker("failing")->restarts >= 2);
 }
 
-TEST_CASE("supervisor: rolling onto a new image never leaves the worker without a running replica") {
+TEST_CASE(
+    "supervisor: rolling onto a new image never leaves the worker without a running replica") {
   Fixture f(k_cooperative);
   WorkerSpec s = spec("dask", 2, RestartPolicy::always, 20ms);
-  s.readiness.command = {"/bin/sh", "-c", "test -f " + (f.dir / "ready.").string() +
-                                              "$ENVD_WORKER_PID"};
+  s.readiness.command = {"/bin/sh", "-c",
+                         "test -f " + (f.dir / "ready.").string() + "$ENVD_WORKER_PID"};
   s.readiness.interval = 10ms;
   f.supervisor->run_worker(s, "v1");
   REQUIRE(eventually([&] {
@@ -222,8 +225,8 @@ TEST_CASE("supervisor: rolling onto a new image never leaves the worker without 
 TEST_CASE("supervisor: replicas of an image that never gets ready leave the old ones running") {
   Fixture f(R"SH([ "$IMAGE" = bad ] && exit 1; : > up.$$; sleep 1000 & wait)SH");
   WorkerSpec s = spec("w", 2, RestartPolicy::always, 10ms);
-  s.readiness.command = {"/bin/sh", "-c", "test -f " + (f.dir / "up.").string() +
-                                              "$ENVD_WORKER_PID"};
+  s.readiness.command = {"/bin/sh", "-c",
+                         "test -f " + (f.dir / "up.").string() + "$ENVD_WORKER_PID"};
   s.readiness.interval = 10ms;
   f.supervisor->run_worker(s, "good");
   REQUIRE(eventually([&] { return f.worker("w")->ready == 2; }));
@@ -331,12 +334,17 @@ TEST_CASE("status server: health, workers, images and metrics of a live supervis
   StatusSource source;
   source.health = [&] { return Health{healthy, healthy ? "1 of 1 images ready" : "stopping"}; };
   source.tracked_images = [] {
-    return std::vector<TrackedImage>{{"127.0.0.1:5000/team/env:v1", "sha256:aaaa", "ready", "",
-                                      "envd", {"dask", "other"}, 1700000000}};
+    return std::vector<TrackedImage>{{"127.0.0.1:5000/team/env:v1",
+                                      "sha256:aaaa",
+                                      "ready",
+                                      "",
+                                      "envd",
+                                      {"dask", "other"},
+                                      1700000000}};
   };
   source.stored_images = [] {
-    return std::vector<StoredImage>{{"sha256:aaaa", {"127.0.0.1:5000/team/env:v1"}, 1234, true,
-                                     1700000000, 1700000100}};
+    return std::vector<StoredImage>{
+        {"sha256:aaaa", {"127.0.0.1:5000/team/env:v1"}, 1234, true, 1700000000, 1700000100}};
   };
   source.workers = [&] {
     std::vector<WorkerView> out{
