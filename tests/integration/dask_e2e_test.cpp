@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "support/builder_serve.hpp"
+#include "support/child_process.hpp"
 #include "support/python_prefix.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
@@ -42,66 +43,7 @@ bool eventually(const std::function<bool()>& done, std::chrono::milliseconds lim
   return done();
 }
 
-// A child process (argv, env added, stdout and stderr to `log`), SIGTERMed by stop() or the
-// destructor. With `listening`, the constructor waits (bounded) for a stdout line containing it.
-class Child {
- public:
-  Child(const std::vector<std::string>& argv, const Env& env, const fs::path& log,
-        const std::string& listening = "")
-      : m_log(log) {
-    int out[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    m_pid = ::fork();
-    REQUIRE(m_pid >= 0);
-    if (m_pid == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(listening.empty() ? fd : out[1], 1);
-      ::dup2(fd, 2);
-      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-      std::vector<std::string> args = argv;
-      std::vector<char*> raw;
-      for (auto& a : args) raw.push_back(a.data());
-      raw.push_back(nullptr);
-      ::execv(raw[0], raw.data());
-      _exit(127);
-    }
-    ::close(out[1]);
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!listening.empty() && m_line.find('\n') == std::string::npos &&
-           std::chrono::steady_clock::now() < deadline) {
-      pollfd p{out[0], POLLIN, 0};
-      if (::poll(&p, 1, 1000) <= 0) continue;
-      char buf[512];
-      ssize_t n = ::read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      m_line.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    INFO(argv[0] << " log: " << envd::test::read_file(log));
-    REQUIRE_MESSAGE(m_line.find(listening) != std::string::npos, "no line: " << m_line);
-  }
-  ~Child() { stop(); }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  int stop() {
-    if (m_pid <= 0) return m_exit;
-    ::kill(m_pid, SIGTERM);
-    int status = 0;
-    ::waitpid(m_pid, &status, 0);
-    m_pid = -1;
-    m_exit = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return m_exit;
-  }
-  const std::string& line() const { return m_line; }
-  std::string log() const { return envd::test::read_file(m_log); }
-
- private:
-  fs::path m_log;
-  pid_t m_pid = -1;
-  int m_exit = -1;
-  std::string m_line;
-};
+using Child = envd::test::ChildProcess;
 
 // What the laptop and the worker report: every distribution (name -> version), the editable
 // package's file and its SHA-256, and sys.prefix.
@@ -146,12 +88,14 @@ TEST_CASE("dask: a worker started by envd node serve runs exactly the laptop's e
              "build-backend = \"setuptools.build_meta\"\n\n"
              "[project]\nname = \"devpkg\"\nversion = \"0.3.1\"\n");
   write_file(src / "devpkg/__init__.py", "def answer():\n    return 42\n");
-  Env git_env = {{"GIT_AUTHOR_NAME", "t"},    {"GIT_AUTHOR_EMAIL", "t@example.com"},
-                 {"GIT_COMMITTER_NAME", "t"}, {"GIT_COMMITTER_EMAIL", "t@example.com"},
+  Env git_env = {{"GIT_AUTHOR_NAME", "t"},
+                 {"GIT_AUTHOR_EMAIL", "t@example.com"},
+                 {"GIT_COMMITTER_NAME", "t"},
+                 {"GIT_COMMITTER_EMAIL", "t@example.com"},
                  {"HOME", dir.path().string()}};
   ok(run_command({"git", "init", "-q", src.string()}, git_env), "git init");
-  ok(run_command({venv.string() + "/bin/pip", "install", "-q", "--no-index",
-                  "--no-build-isolation", "--no-deps", "-e", src.string()}),
+  ok(run_command({venv.string() + "/bin/pip", "install", "-q", "--no-index", "--no-build-isolation",
+                  "--no-deps", "-e", src.string()}),
      "pip install -e");
   ok(run_command({"git", "-C", src.string(), "add", "-A"}, git_env), "git add");
   ok(run_command({"git", "-C", src.string(), "commit", "-q", "-m", "src"}, git_env), "git commit");
@@ -169,24 +113,24 @@ TEST_CASE("dask: a worker started by envd node serve runs exactly the laptop's e
   envd::test::Serve builder({"--listen", "127.0.0.1:0", "--data", (dir / "home/builder").string()},
                             env, dir / "builder.log");
   std::string host = "127.0.0.1:" + std::to_string(builder.port());
-  auto push = run_command({envd::test::envd_binary(), "push", "--prefix", venv.string(), "--src",
-                           src.string(), "--name", "team/dask:latest", "--builder",
-                           "http://" + host, "--json"},
-                          env);
+  auto push = run_command(
+      {envd::test::envd_binary(), "push", "--prefix", venv.string(), "--src", src.string(),
+       "--name", "team/dask:latest", "--builder", "http://" + host, "--json"},
+      env);
   ok(push, "push");
   std::string digest = envd::test::last_json_line(push.out)["manifest_digest"];
 
   // The scheduler, on a port it picks, announced in its scheduler file.
-  Child scheduler({"/usr/bin/python3", "-m", "distributed.cli.dask_scheduler", "--host",
-                   "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                   (dir / "scheduler.json").string()},
-                  {}, dir / "scheduler.log");
+  Child scheduler(
+      {"/usr/bin/python3", "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+       "0", "--no-dashboard", "--scheduler-file", (dir / "scheduler.json").string()},
+      {}, dir / "scheduler.log");
   std::string address;
   REQUIRE_MESSAGE(eventually(
                       [&] {
                         if (!fs::exists(dir / "scheduler.json")) return false;
-                        auto j = json::parse(envd::test::read_file(dir / "scheduler.json"),
-                                             nullptr, false);
+                        auto j = json::parse(envd::test::read_file(dir / "scheduler.json"), nullptr,
+                                             false);
                         if (j.is_discarded() || !j.contains("address")) return false;
                         address = j["address"];
                         return true;
@@ -200,19 +144,24 @@ TEST_CASE("dask: a worker started by envd node serve runs exactly the laptop's e
   REQUIRE_FALSE(fs::exists(venv));
   fs::create_directories(dir / "dask-space");
   write_file(dir / "node.yaml",
-             "data_dir: " + (dir / "node").string() + "\nlisten: 127.0.0.1:0\nworkers:\n"
-             "  - name: dask\n    image: " + host + "/team/dask:latest\n"
-             "    command: [python, -m, distributed.cli.dask_worker, \"" + address + "\", "
-             "--nthreads, \"1\", --no-dashboard, --local-directory, \"" +
-                 (dir / "dask-space").string() + "\"]\n"
-             "    replicas: 1\n    stop_grace_period: 20s\n"
-             "    readiness:\n      after: 100ms\n      interval: 200ms\n      timeout: 5m\n"
-             "      command: [sh, -c, 'awk \"/^--- envd: /{r=0} /Registered to/{r=1} "
-             "END{exit !r}\" \"$ENVD_WORKER_LOG\"']\n");
-  Child node({envd::test::envd_binary(), "node", "serve", "--config",
-              (dir / "node.yaml").string()},
+             "data_dir: " + (dir / "node").string() +
+                 "\nlisten: 127.0.0.1:0\nworkers:\n"
+                 "  - name: dask\n    image: " +
+                 host +
+                 "/team/dask:latest\n"
+                 "    command: [python, -m, distributed.cli.dask_worker, \"" +
+                 address +
+                 "\", "
+                 "--nthreads, \"1\", --no-dashboard, --local-directory, \"" +
+                 (dir / "dask-space").string() +
+                 "\"]\n"
+                 "    replicas: 1\n    stop_grace_period: 20s\n"
+                 "    readiness:\n      after: 100ms\n      interval: 200ms\n      timeout: 5m\n"
+                 "      command: [sh, -c, 'awk \"/^--- envd: /{r=0} /Registered to/{r=1} "
+                 "END{exit !r}\" \"$ENVD_WORKER_LOG\"']\n");
+  Child node({envd::test::envd_binary(), "node", "serve", "--config", (dir / "node.yaml").string()},
              env, dir / "node.log", "envd node listening on http://127.0.0.1:");
-  int status_port = std::stoi(node.line().substr(node.line().find("127.0.0.1:") + 10));
+  int status_port = node.loopback_port();
   INFO("node log: " << node.log());
   httplib::Client status("127.0.0.1", status_port);
   json worker;
