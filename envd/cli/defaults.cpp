@@ -1,6 +1,8 @@
 // Resolution of default prefix, source tree and state directory.
 #include "envd/cli/defaults.hpp"
 
+#include <CLI/CLI.hpp>
+
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -77,17 +79,25 @@ std::filesystem::path envd_home() {
   return std::filesystem::path("/tmp/envd-home");
 }
 
-Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
-                                                const std::string& src, bool no_src,
-                                                const std::vector<std::string>& allow_secrets) {
-  ENVD_TRY(auto config, load_user_config());
-  return snapshot_options(prefixes, src, no_src, allow_secrets, config);
+void add_scan_options(CLI::App& cmd, ScanArgs& args) {
+  cmd.add_option("--prefix", args.prefixes,
+                 "Environment prefix (repeatable); default: $CONDA_PREFIX, $VIRTUAL_ENV, or the "
+                 "prefix of python3 on PATH");
+  cmd.add_option("--src", args.src,
+                 "Source tree root; default: the git work tree containing the current directory");
+  cmd.add_flag("--no-src", args.no_src, "Capture no source tree");
+  cmd.add_option("--allow-secret", args.allow_secrets,
+                 "Allow a source path that the secret deny-list blocks (gitignore pattern; "
+                 "repeatable)");
 }
 
-Result<agent::SnapshotOptions> snapshot_options(const std::vector<std::string>& prefixes,
-                                                const std::string& src, bool no_src,
-                                                const std::vector<std::string>& allow_secrets,
-                                                const UserConfig& config) {
+Result<agent::SnapshotOptions> snapshot_options(const ScanArgs& scan) {
+  ENVD_TRY(auto config, load_user_config());
+  return snapshot_options(scan, config);
+}
+
+Result<agent::SnapshotOptions> snapshot_options(const ScanArgs& scan, const UserConfig& config) {
+  const auto& [prefixes, src, no_src, allow_secrets] = scan;
   agent::SnapshotOptions options;
   if (prefixes.empty()) {
     ENVD_TRY(auto p, default_prefix());

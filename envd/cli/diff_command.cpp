@@ -26,12 +26,9 @@ using json = nlohmann::json;
 constexpr std::size_t k_files_shown = 20;
 
 struct DiffArgs {
-  std::vector<std::string> prefixes;
-  std::string src;
-  bool no_src = false;
+  ScanArgs scan;
   std::string name;
   bool json = false;
-  std::vector<std::string> allow_secrets;
 };
 
 int fail(std::string_view what, const Error& e) {
@@ -194,8 +191,7 @@ void print_human(const SnapshotDiff& d) {
 int run_diff(const DiffArgs& args) {
   auto config = load_user_config();
   if (!config) return fail("", config.error());
-  auto options =
-      snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets, *config);
+  auto options = snapshot_options(args.scan, *config);
   if (!options) return fail("find the environment", options.error());
 
   agent::HashProgress progress;
@@ -248,17 +244,11 @@ int run_diff(const DiffArgs& args) {
 void add_diff_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<DiffArgs>();
   auto* cmd = app.add_subcommand("diff", "Show what changed since the last push of this name");
-  cmd->add_option("--prefix", args->prefixes,
-                  "Environment prefix (repeatable); default: the active environment");
-  cmd->add_option("--src", args->src,
-                  "Source tree root; default: the git work tree around the current directory");
-  cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
+  add_scan_options(*cmd, args->scan);
   cmd->add_option("--name", args->name,
                   "Image name NAMESPACE/NAME (a tag is ignored: pushes are recorded per name); "
                   "default: the config's name, else local/<environment name>");
   cmd->add_flag("--json", args->json, "Print one JSON object with the differences on stdout");
-  cmd->add_option("--allow-secret", args->allow_secrets,
-                  "Allow a source path the secret deny-list blocks (repeatable)");
   cmd->footer(
       "Snapshots the environment now and compares it with the snapshot of the last `envd push` "
       "of this name from this machine (recorded under $ENVD_HOME/pushed): packages added, "

@@ -20,14 +20,11 @@ namespace envd::cli {
 namespace {
 
 struct PushArgs {
-  std::vector<std::string> prefixes;
-  std::string src;
-  bool no_src = false;
+  ScanArgs scan;
   std::string name;
   std::string builder;
   bool json = false;
   std::string compression;
-  std::vector<std::string> allow_secrets;
 };
 
 int fail(std::string_view what, const Error& e) {
@@ -131,8 +128,7 @@ int run_push(const PushArgs& args) {
   ::signal(SIGPIPE, SIG_IGN);
   auto config = load_user_config();
   if (!config) return fail("", config.error());
-  auto options =
-      snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets, *config);
+  auto options = snapshot_options(args.scan, *config);
   if (!options) return fail("find the environment", options.error());
   auto target = resolve_push_target(args.builder, args.compression, *config, envd_home());
   if (!target) return fail("", target.error());
@@ -162,23 +158,17 @@ void add_push_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<PushArgs>();
   auto* cmd =
       app.add_subcommand("push", "Snapshot the environment and build its image on the builder");
-  cmd->add_option("--prefix", args->prefixes,
-                  "Environment prefix (repeatable); default: the active environment");
-  cmd->add_option("--src", args->src,
-                  "Source tree root; default: the git work tree around the current directory");
-  cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
+  add_scan_options(*cmd, args->scan);
   cmd->add_option("--name", args->name,
                   "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
                   "local/<environment name>:latest");
   cmd->add_option("--builder", args->builder,
                   "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
-                  "builder; none: the embedded builder under $ENVD_HOME/builder");
+                  "builder; if none is set, the embedded builder under $ENVD_HOME/builder");
   cmd->add_option("--compression", args->compression,
                   "Layer compression; default: the config's, else the builder's (zstd)")
       ->check(CLI::IsMember({"zstd", "gzip"}));
   cmd->add_flag("--json", args->json, "Print one JSON object with the result on stdout");
-  cmd->add_option("--allow-secret", args->allow_secrets,
-                  "Allow a source path the secret deny-list blocks (repeatable)");
   cmd->footer(
       "Uploads only the files the builder lacks (an interrupted push resumes where it stopped) "
       "and prints the image reference. The token for a builder comes from $ENVD_TOKEN, else the "

@@ -17,12 +17,9 @@ namespace envd::cli {
 namespace {
 
 struct SnapshotArgs {
-  std::vector<std::string> prefixes;
-  std::string src;
-  bool no_src = false;
+  ScanArgs scan;
   std::string output;
   bool json = false;
-  std::vector<std::string> allow_secrets;
 };
 
 void print_summary(const agent::SnapshotOutcome& out) {
@@ -78,7 +75,7 @@ void print_json(const agent::SnapshotOutcome& out) {
 }
 
 int run_snapshot(const SnapshotArgs& args) {
-  auto options = snapshot_options(args.prefixes, args.src, args.no_src, args.allow_secrets);
+  auto options = snapshot_options(args.scan);
   if (!options) {
     std::cerr << "envd snapshot: " << options.error().message() << "\n";
     return exit_code_for(options.error());
@@ -121,17 +118,9 @@ void add_snapshot_command(CLI::App& app, int& exit_code) {
       "snapshot",
       "Inventory the Python environment(s) and source tree: every file by SHA-256, grouped by "
       "package");
-  cmd->add_option("--prefix", args->prefixes,
-                  "Environment prefix (repeatable); default: $CONDA_PREFIX, $VIRTUAL_ENV, or the "
-                  "prefix of python3 on PATH");
-  cmd->add_option("--src", args->src,
-                  "Source tree root; default: the git work tree containing the current directory");
-  cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
+  add_scan_options(*cmd, args->scan);
   cmd->add_option("-o,--output", args->output, "Write the whole snapshot document (JSON) to FILE");
   cmd->add_flag("--json", args->json, "Print one JSON object with the summary on stdout");
-  cmd->add_option("--allow-secret", args->allow_secrets,
-                  "Allow a source path that the secret deny-list blocks (gitignore pattern; "
-                  "repeatable)");
   cmd->callback([args, &exit_code] { exit_code = run_snapshot(*args); });
 }
 

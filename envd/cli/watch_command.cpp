@@ -36,15 +36,12 @@ constexpr std::string_view k_component = "watch";
 constexpr auto k_stop_grace = std::chrono::seconds(30);
 
 struct WatchArgs {
-  std::vector<std::string> prefixes;
-  std::string src;
-  bool no_src = false;
+  ScanArgs scan;
   std::string name;
   std::string builder;
   std::string compression;
   double debounce = 1.0;
   double retry_max = 30.0;
-  std::vector<std::string> allow_secrets;
 };
 
 int fail(std::string_view what, const Error& e) {
@@ -133,8 +130,7 @@ class Watch {
   int run() {
     auto config = load_user_config();
     if (!config) return fail("", config.error());
-    auto options =
-        snapshot_options(m_args.prefixes, m_args.src, m_args.no_src, m_args.allow_secrets, *config);
+    auto options = snapshot_options(m_args.scan, *config);
     if (!options) return fail("find the environment", options.error());
     auto target = resolve_push_target(m_args.builder, m_args.compression, *config, envd_home());
     if (!target) return fail("", target.error());
@@ -337,17 +333,13 @@ void add_watch_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<WatchArgs>();
   auto* cmd = app.add_subcommand(
       "watch", "Push now, then again whenever the environment's packages or the sources change");
-  cmd->add_option("--prefix", args->prefixes,
-                  "Environment prefix (repeatable); default: the active environment");
-  cmd->add_option("--src", args->src,
-                  "Source tree root; default: the git work tree around the current directory");
-  cmd->add_flag("--no-src", args->no_src, "Capture no source tree");
+  add_scan_options(*cmd, args->scan);
   cmd->add_option("--name", args->name,
                   "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
                   "local/<environment name>:latest");
   cmd->add_option("--builder", args->builder,
                   "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
-                  "builder; none: the embedded builder under $ENVD_HOME/builder");
+                  "builder; if none is set, the embedded builder under $ENVD_HOME/builder");
   cmd->add_option("--compression", args->compression,
                   "Layer compression; default: the config's, else the builder's (zstd)")
       ->check(CLI::IsMember({"zstd", "gzip"}));
@@ -356,8 +348,6 @@ void add_watch_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--retry-max", args->retry_max,
                   "Longest wait in seconds between retries while the builder is unreachable "
                   "(default 30; the waits double from 1 s)");
-  cmd->add_option("--allow-secret", args->allow_secrets,
-                  "Allow a source path the secret deny-list blocks (repeatable)");
   cmd->footer(
       "Watches (inotify) conda-meta/, the site-packages metadata (dist-info and egg-info "
       "directories, .pth files) and the source tree (ignore rules honoured); when the inotify "

@@ -274,8 +274,8 @@ TEST_CASE("snapshot options take the config's ignore patterns and secret allow-l
   ScratchDir dir;
   auto c = parse("ignore: [data/]\nallow_secrets: [keys/test.pem]\n");
   REQUIRE(c.has_value());
-  auto o =
-      snapshot_options({(dir / "env").string()}, (dir / "src").string(), false, {"other.key"}, *c);
+  auto o = snapshot_options(
+      {{(dir / "env").string()}, (dir / "src").string(), false, {"other.key"}}, *c);
   REQUIRE_MESSAGE(o.has_value(), why(o));
   CHECK(o->extra_ignores == std::vector<std::string>{"data/"});
   CHECK(o->secret_allow == std::vector<std::string>{"keys/test.pem", "other.key"});
