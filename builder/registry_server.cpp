@@ -312,6 +312,8 @@ Result<std::unique_ptr<RegistryServer>> RegistryServer::create(store::BlobStore&
   impl->http->set_read_timeout(60, 0);
   impl->http->set_write_timeout(60, 0);
   impl->http->set_keep_alive_max_count(1000);
+  // Without it a response written in two parts waits for the client's delayed ACK (40 ms).
+  impl->http->set_tcp_nodelay(true);
 
   Impl* raw = impl.get();
   auto plain = [raw](const httplib::Request& req, httplib::Response& res) {

@@ -169,6 +169,7 @@ struct NodeDaemon::Impl {
     auto client = std::make_unique<httplib::Client>(std::string(registry::to_string(scheme)) +
                                                     "://" + t.ref.host);
     client->set_connection_timeout(10);
+    client->set_tcp_nodelay(true);
     client->set_read_timeout(static_cast<time_t>(options.watch_wait.count() + 30));
     if (!ca_bundle.empty()) client->set_ca_cert_path(ca_bundle.string());
     if (reg && !reg->token.empty()) {

@@ -199,6 +199,7 @@ Result<std::unique_ptr<StatusServer>> StatusServer::start(const std::string& hos
   // they do not hold them.
   impl->http->new_task_queue = [] { return new httplib::ThreadPool(4); };
   impl->http->set_keep_alive_timeout(2);
+  impl->http->set_tcp_nodelay(true);
   // httplib's default adds SO_REUSEPORT, which lets a second daemon bind the same port and
   // silently share it; SO_REUSEADDR alone still allows a quick restart.
   impl->http->set_socket_options([](int sock) {

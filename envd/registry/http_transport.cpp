@@ -133,6 +133,7 @@ struct Transport::Impl {
     set_timeout(options.stall_timeout, [&](time_t s, time_t us) { c->set_read_timeout(s, us); });
     set_timeout(options.stall_timeout, [&](time_t s, time_t us) { c->set_write_timeout(s, us); });
     c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);  // a request's headers and body go out at once, not 40 ms apart
     c->set_follow_location(false);
     c->set_decompress(false);
     c->set_url_encode(false);  // targets arrive encoded; re-encoding would change queries
