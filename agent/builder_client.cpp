@@ -439,9 +439,10 @@ Result<UploadStats> BuilderClient::upload_blobs(std::string_view repository,
 }
 
 Result<SnapshotSubmission> BuilderClient::submit_snapshot(std::string_view repository,
-                                                          std::string_view document) {
+                                                          std::string_view document,
+                                                          std::string_view media_type) {
   Exchange x(*this, "POST", "/envd/v1/" + std::string(repository) + "/snapshots");
-  x.request.content_type = "application/vnd.envd.snapshot.v1+json";
+  x.request.content_type = std::string(media_type);
   x.request.body = std::string(document);
   ENVD_TRY(auto r, x.send());
   if (r.status == 409) {

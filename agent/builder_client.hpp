@@ -119,9 +119,13 @@ class BuilderClient {
                                    const UploadOptions& options = {},
                                    std::atomic<std::uint64_t>* progress = nullptr);
 
-  // POST /snapshots with a snapshot document (snapshot::to_json).
-  Result<SnapshotSubmission> submit_snapshot(std::string_view repository,
-                                             std::string_view document);
+  // POST /snapshots with a snapshot document (snapshot::to_json), or with a patch against a
+  // snapshot the builder holds (snapshot::make_patch; media_type snapshot::k_patch_media_type).
+  // Errors: not_found when the builder lacks a patch's base; invalid_argument when it refuses the
+  // document or patch (a patch whose result differs from what it declares).
+  Result<SnapshotSubmission> submit_snapshot(
+      std::string_view repository, std::string_view document,
+      std::string_view media_type = "application/vnd.envd.snapshot.v1+json");
 
   // POST /builds: queues a build of a submitted snapshot (or joins the identical unfinished one)
   // and returns its id. `compression`: "zstd", "gzip", or empty for the builder's default.

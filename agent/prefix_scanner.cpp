@@ -22,11 +22,6 @@ using snapshot::Environment;
 using snapshot::EnvironmentKind;
 using snapshot::FileType;
 
-std::string lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // Reads the package records of a prefix: conda-meta first, then each site-packages directory.
 Result<std::vector<PackageRecord>> read_records(const std::filesystem::path& prefix,
                                                 EnvironmentKind kind, bool with_site_packages,
@@ -112,11 +107,7 @@ void assemble(Environment& env, std::vector<WalkedFile>& files, std::vector<Pack
     }
     pkg.files.push_back(std::move(entry));
   }
-  std::stable_sort(packages.begin(), packages.end(), [](const auto& a, const auto& b) {
-    auto la = lower(a.name), lb = lower(b.name);
-    if (la != lb) return la < lb;
-    return a.manager < b.manager;
-  });
+  std::sort(packages.begin(), packages.end(), snapshot::package_before);
   env.packages = std::move(packages);
 }
 

@@ -1,8 +1,9 @@
 // push_once (see push_session.hpp): the snapshot, then the embedded builder or a remote one. The
 // record of each push lives in $ENVD_HOME/pushed/<repository, '/' as '+'>/: push.json (builder,
-// tag, digests), <snapshot hex>.json (the document, for `envd diff`) and <snapshot hex>.blobs
-// (its file digests, sorted: what that builder held after the push, so that the next push asks
-// only about new ones).
+// tag, digests), <snapshot hex>.json (the document, for `envd diff`), and for a remote builder
+// <snapshot hex>.blobs (its file digests, sorted: what that builder held after the push, so that
+// the next push asks only about new ones) and <snapshot hex>.items (its item index, so that the
+// next push sends a patch against this snapshot instead of the whole document).
 #include "envd/cli/push_session.hpp"
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "envd/cli/format.hpp"
 #include "envd/registry/http_transport.hpp"
 #include "envd/registry/reference.hpp"
+#include "envd/snapshot/snapshot_patch.hpp"
 #include "envd/util/atomic_file.hpp"
 #include "envd/util/log.hpp"
 
@@ -137,12 +139,29 @@ std::unique_ptr<KnownBlobs> known_blobs(const fs::path& envd_home, const std::st
   return known;
 }
 
+// The item index of the last push of a repository to `builder`: the base of the next patch.
+std::optional<snapshot::ItemIndex> pushed_item_index(const fs::path& envd_home,
+                                                     const std::string& repository,
+                                                     const std::string& builder) {
+  fs::path dir = record_dir(envd_home, repository);
+  auto record = read_record(dir);
+  if (!record || record->builder != builder) return std::nullopt;
+  auto text = read_file(snapshot_file(dir, record->snapshot_digest, ".items"));
+  if (!text) return std::nullopt;
+  auto index = snapshot::ItemIndex::parse(*text);
+  if (!index || index->snapshot_digest.str() != record->snapshot_digest) return std::nullopt;
+  return std::move(*index);
+}
+
 // Writes the snapshot's document (serialised here when `document` is null) and, for a remote
-// builder, its sorted file digests into the record directory, unless there already. Runs on a
-// thread of its own while the image builds; the record points at them only after the build.
+// builder, its sorted file digests and its item index (made here when null) into the record
+// directory,
+// unless there already. Runs on a thread of its own while the image builds; the record points
+// at them only after the build.
 Result<void> write_snapshot_files(const fs::path& dir, const snapshot::Snapshot& snap,
                                   const oci::Digest& digest,
-                                  std::shared_ptr<const std::string> document, bool remote) {
+                                  std::shared_ptr<const std::string> document,
+                                  std::shared_ptr<const snapshot::ItemIndex> index, bool remote) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Error::from_errno("create " + dir.string(), ec.value());
@@ -154,8 +173,17 @@ Result<void> write_snapshot_files(const fs::path& dir, const snapshot::Snapshot&
     }
     ENVD_TRY_VOID(write_file_atomic(doc_file, *document));
   }
+  if (!remote) return {};
+  fs::path items_file = snapshot_file(dir, digest.view(), ".items");
+  if (!fs::exists(items_file, ec)) {
+    if (!index) {
+      ENVD_TRY(auto made, snapshot::ItemIndex::of(snap, digest));
+      index = std::make_shared<const snapshot::ItemIndex>(std::move(made));
+    }
+    ENVD_TRY_VOID(write_file_atomic(items_file, index->to_text()));
+  }
   fs::path blobs_file = snapshot_file(dir, digest.view(), ".blobs");
-  if (!remote || fs::exists(blobs_file, ec)) return {};
+  if (fs::exists(blobs_file, ec)) return {};
   std::vector<std::string_view> digests;
   auto add = [&](const std::vector<snapshot::FileEntry>& files) {
     for (const auto& f : files)
@@ -194,8 +222,8 @@ Result<void> commit_record(const fs::path& dir, const PushOutcome& out) {
   for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
        it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if ((name.ends_with(".json") || name.ends_with(".blobs")) && name != "push.json" &&
-        !name.starts_with(keep))
+    if ((name.ends_with(".json") || name.ends_with(".blobs") || name.ends_with(".items")) &&
+        name != "push.json" && !name.starts_with(keep))
       fs::remove(it->path(), ec);
   }
   return {};
@@ -239,14 +267,17 @@ class RecordWriter {
   RecordWriter(fs::path dir, const PushOutcome& out, bool remote)
       : m_dir(std::move(dir)), m_out(out), m_remote(remote) {}
 
-  void start(std::shared_ptr<const std::string> document) {
-    m_future = std::async(std::launch::async, [this, document = std::move(document)] {
-      return write_snapshot_files(m_dir, m_out.snapshot, m_out.snapshot_digest, document, m_remote);
-    });
+  void start(std::shared_ptr<const std::string> document,
+             std::shared_ptr<const snapshot::ItemIndex> index = nullptr) {
+    m_future = std::async(
+        std::launch::async, [this, document = std::move(document), index = std::move(index)] {
+          return write_snapshot_files(m_dir, m_out.snapshot, m_out.snapshot_digest, document, index,
+                                      m_remote);
+        });
   }
   // Waits for the files (writing them now if start() was not called).
   Result<void> finish() {
-    if (!m_future.valid()) start(nullptr);
+    if (!m_future.valid()) start(nullptr, nullptr);
     return m_future.get();
   }
 
@@ -285,7 +316,7 @@ Result<void> push_embedded(PushOutcome& out, const PushTarget& target, PushProgr
       }
     }
   }
-  record.start(nullptr);
+  record.start(nullptr, nullptr);
   builder::BuildOptions build;
   build.repository = out.repository;
   build.tag = out.tag;
@@ -360,9 +391,12 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
   }
 
   if (progress != nullptr) progress->phase = 1;
-  // The document is serialised while the blobs are asked about and uploaded.
-  auto document_job =
-      std::async(std::launch::async, [&snap = out.snapshot] { return snapshot::to_json(snap); });
+  // The item index (the base of the next push's patch) is made while blobs are asked about and
+  // uploaded.
+  auto index_job = std::async(std::launch::async, [&out] {
+    return snapshot::ItemIndex::of(out.snapshot, out.snapshot_digest);
+  });
+  auto base = pushed_item_index(target.envd_home, out.repository, out.builder);
   // Ask only about blobs the builder did not hold after the last push of this name to it.
   auto known = known_blobs(target.envd_home, out.repository, out.builder);
   auto candidates = blobs_to_check(out.snapshot, *known);
@@ -380,24 +414,49 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
   out.blobs_uploaded += sent.blobs;
   lap("upload");
 
-  auto serialised = document_job.get();
-  if (!serialised) return serialised.error().with_context("serialise the snapshot");
-  auto document = std::make_shared<const std::string>(std::move(*serialised));
-  lap("serialise snapshot");
-  std::optional<oci::Digest> submitted;
-  for (int attempt = 0; attempt < 3 && !submitted; ++attempt) {
-    auto s = client->submit_snapshot(out.repository, *document);
-    out.snapshot_bytes += document->size();
-    if (!s) return s.error().with_context("submit the snapshot to " + out.builder);
-    submitted = s->digest;
-    if (!submitted) {
-      // The builder lacks blobs the record said it held (another builder at that URL, or
-      // garbage-collected): send them too.
+  auto indexed = index_job.get();
+  if (!indexed) return indexed.error().with_context("index the snapshot");
+  auto index = std::make_shared<const snapshot::ItemIndex>(std::move(*indexed));
+  // Submits `text`; when the builder lacks blobs the record said it held (another builder at
+  // that URL, or garbage-collected), sends them and submits again.
+  auto submit = [&](const std::string& text,
+                    std::string_view media_type) -> Result<std::optional<oci::Digest>> {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      auto s = client->submit_snapshot(out.repository, text, media_type);
+      out.snapshot_bytes += text.size();
+      if (!s) return s.error();
+      if (s->digest) return s->digest;
       KnownBlobs none;
       ENVD_TRY(auto more, upload(*client, out.repository, s->missing,
                                  blobs_to_check(out.snapshot, none), progress));
       out.blobs_uploaded += more.blobs;
     }
+    return std::optional<oci::Digest>();
+  };
+  std::optional<oci::Digest> submitted;
+  std::shared_ptr<const std::string> document;  // the whole document, when it was sent
+  if (base) {
+    ENVD_TRY(auto patch, snapshot::make_patch(*base, out.snapshot, *index));
+    auto s = submit(patch, snapshot::k_patch_media_type);
+    if (s) {
+      submitted = *s;
+    } else if (s.error().code() == ErrorCode::not_found ||
+               s.error().code() == ErrorCode::invalid_argument) {
+      // The builder lost the base, or its copy differs: the whole document works regardless.
+      log::info("push", "the builder did not take a patch; sending the whole snapshot",
+                {{"reason", s.error().message()}});
+    } else {
+      return s.error().with_context("submit the snapshot to " + out.builder);
+    }
+    lap("submit snapshot patch");
+  }
+  if (!submitted) {
+    auto serialised = snapshot::to_json(out.snapshot);
+    if (!serialised) return serialised.error().with_context("serialise the snapshot");
+    document = std::make_shared<const std::string>(std::move(*serialised));
+    auto s = submit(*document, snapshot::k_media_type);
+    if (!s) return s.error().with_context("submit the snapshot to " + out.builder);
+    submitted = *s;
   }
   if (!submitted)
     return Error(ErrorCode::unavailable, "submit the snapshot to " + out.builder +
@@ -410,14 +469,15 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
   out.upload_seconds = since(started);
   step(progress, "upload: asked about " + with_commas(ask.size()) + " files, " +
                      with_commas(missing.size()) + " missing; sent " +
-                     human_bytes(client->bytes_sent()) + " (snapshot document " +
+                     human_bytes(client->bytes_sent()) +
+                     (document ? " (snapshot document " : " (snapshot as a patch, ") +
                      human_bytes(out.snapshot_bytes) + ") in " + seconds_text(out.upload_seconds));
 
   auto build_started = Clock::now();
   if (progress != nullptr) progress->phase = 2;
   auto id = client->start_build(out.repository, out.snapshot_digest, out.tag, target.compression);
   if (!id) return id.error().with_context("start the build on " + out.builder);
-  record.start(document);
+  record.start(document, index);
   auto built = client->wait_build(out.repository, *id, [progress](const agent::RemoteBuild& b) {
     if (progress == nullptr) return;
     progress->layers_total = b.layers_total;

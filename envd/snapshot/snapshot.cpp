@@ -23,6 +23,20 @@ std::string_view to_string(SourceRole role) {
   return role == SourceRole::src ? "src" : "editable";
 }
 
+bool package_before(const Package& a, const Package& b) {
+  auto lower = [](unsigned char c) { return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c; };
+  const auto& x = a.name;
+  const auto& y = b.name;
+  for (std::size_t i = 0; i < x.size() && i < y.size(); ++i) {
+    auto cx = lower(static_cast<unsigned char>(x[i]));
+    auto cy = lower(static_cast<unsigned char>(y[i]));
+    if (cx != cy) return cx < cy;
+  }
+  if (x.size() != y.size()) return x.size() < y.size();
+  if (a.manager != b.manager) return a.manager < b.manager;
+  return x < y;
+}
+
 bool is_safe_relative_path(std::string_view path) {
   if (path.empty() || path.front() == '/') return false;
   if (path.find('\0') != std::string_view::npos) return false;

@@ -118,6 +118,10 @@ Result<oci::Digest> digest_of(const Snapshot& snapshot);
 // the JSON location of the first problem.
 Result<Snapshot> parse(std::string_view json);
 
+// The order of an environment's packages: by ASCII-lowercased name, then manager (conda first),
+// then name. A total order, as (name, manager) is unique within an environment.
+bool package_before(const Package& a, const Package& b);
+
 // True for "a/b/c": not empty, not absolute, no "", "." or ".." component, no NUL.
 bool is_safe_relative_path(std::string_view path);
 

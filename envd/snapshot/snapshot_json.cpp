@@ -2,6 +2,7 @@
 // snapshot has ~50,000 files), or hashed as it is written for the snapshot digest. Reading is in
 // snapshot_json_read.cpp.
 
+#include <algorithm>
 #include <array>
 #include <cassert>
 #include <charconv>
@@ -10,6 +11,7 @@
 
 #include "envd/snapshot/snapshot.hpp"
 #include "envd/snapshot/snapshot_error.hpp"
+#include "envd/snapshot/snapshot_json_detail.hpp"
 
 namespace envd::snapshot {
 namespace {
@@ -467,4 +469,84 @@ Result<oci::Digest> digest_of(const Snapshot& snapshot) {
   ENVD_TRY_VOID(write_document(w, snapshot, Volatile::exclude));
   return w.digest();
 }
+
+namespace {
+
+std::string joined_key(std::string_view scope, char kind, std::string_view rest) {
+  std::string key;
+  key.reserve(scope.size() + rest.size() + 3);
+  key.append(scope).push_back('\0');
+  key.push_back(kind);
+  key.push_back('\0');
+  key.append(rest);
+  return key;
+}
+
+// SHA-256 of what `write` writes.
+template <typename Write>
+Result<oci::Digest> item_digest(Write&& write) {
+  oci::Sha256 hash;
+  CanonicalWriter w(hash);
+  ENVD_TRY_VOID(write(w));
+  return w.digest();
+}
+
+}  // namespace
+
+std::string package_key(std::string_view prefix, std::string_view name, PackageManager manager) {
+  std::string rest(name);
+  rest.push_back('\0');
+  rest.append(to_string(manager));
+  return joined_key(prefix, 'p', rest);
+}
+
+std::string unowned_key(std::string_view prefix, std::string_view path) {
+  return joined_key(prefix, 'u', path);
+}
+
+std::string source_key(std::string_view root, std::string_view path) {
+  return joined_key(root, 's', path);
+}
+
+Result<std::vector<ItemIndex::Item>> item_digests(const Snapshot& snapshot) {
+  std::vector<ItemIndex::Item> out;
+  const Where root;
+  auto add_files = [&](const std::vector<FileEntry>& files, auto key_of,
+                       const Where& where) -> Result<void> {
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      ENVD_TRY(auto d, item_digest([&](CanonicalWriter& w) {
+                 return write_file(w, files[i], where.element(i));
+               }));
+      out.push_back({key_of(files[i].path), std::move(d)});
+    }
+    return {};
+  };
+  const Where environments = root.member("environments");
+  for (std::size_t e = 0; e < snapshot.environments.size(); ++e) {
+    const Environment& env = snapshot.environments[e];
+    const Where at = environments.element(e);
+    const Where packages = at.member("packages");
+    for (std::size_t i = 0; i < env.packages.size(); ++i) {
+      const Package& p = env.packages[i];
+      ENVD_TRY(auto d, item_digest([&](CanonicalWriter& w) {
+                 return write_package(w, p, packages.element(i));
+               }));
+      out.push_back({package_key(env.prefix, p.name, p.manager), std::move(d)});
+    }
+    ENVD_TRY_VOID(add_files(
+        env.unowned, [&](std::string_view path) { return unowned_key(env.prefix, path); },
+        at.member("unowned")));
+  }
+  const Where sources = root.member("sources");
+  for (std::size_t s = 0; s < snapshot.sources.size(); ++s) {
+    const SourceTree& src = snapshot.sources[s];
+    ENVD_TRY_VOID(add_files(
+        src.files, [&](std::string_view path) { return source_key(src.root, path); },
+        sources.element(s).member("files")));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ItemIndex::Item& a, const ItemIndex::Item& b) { return a.key < b.key; });
+  return out;
+}
+
 }  // namespace envd::snapshot

@@ -5,6 +5,7 @@
 
 #include "envd/snapshot/snapshot.hpp"
 #include "envd/snapshot/snapshot_error.hpp"
+#include "envd/snapshot/snapshot_json_detail.hpp"
 #include "envd/util/json_detail.hpp"
 
 namespace envd::snapshot {
@@ -200,6 +201,10 @@ Result<SourceTree> source_from_json(const json& j, const std::string& where) {
 
 Result<Snapshot> parse(std::string_view text) {
   ENVD_TRY(json j, envd::json::parse(text, "snapshot"));
+  return parse_value(j);
+}
+
+Result<Snapshot> parse_value(const nlohmann::json& j) {
   if (!j.is_object()) return bad("", "document must be a JSON object");
   ENVD_TRY(auto media_type, get_string(j, "media_type", ""));
   if (media_type != k_media_type)

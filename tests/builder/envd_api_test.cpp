@@ -10,6 +10,7 @@
 
 #include "builder/builder_state.hpp"
 #include "builder/envd_api.hpp"
+#include "envd/snapshot/snapshot_patch.hpp"
 #include "registry_fixture.hpp"
 #include "support/run_command.hpp"
 
@@ -302,6 +303,87 @@ TEST_CASE("a snapshot with a '..' path or a bad digest is 400 naming the locatio
   CHECK_FALSE(fs::exists(a.data() / "snapshots"));
 }
 
+// A patch turning the snapshot of `from` into that of `to` (snapshot_patch.hpp).
+std::string patch_between(const std::vector<File>& from, const std::vector<File>& to) {
+  auto base = make_snapshot(from);
+  auto next = make_snapshot(to);
+  auto base_index = snapshot::ItemIndex::of(base, *snapshot::digest_of(base));
+  auto next_index = snapshot::ItemIndex::of(next, *snapshot::digest_of(next));
+  REQUIRE(base_index);
+  REQUIRE(next_index);
+  auto text = snapshot::make_patch(*base_index, next, *next_index);
+  REQUIRE(text);
+  return *text;
+}
+
+const std::string k_patch_type(snapshot::k_patch_media_type);
+
+TEST_CASE("a snapshot patch against a stored snapshot: 409 for its new blobs, then stored whole") {
+  Api a;
+  auto v1 = sample_files();
+  std::string d1 = submit(a, v1);
+  auto v2 = v1;
+  v2[2].content = "# os, changed\n";
+  v2.push_back({"share/new.txt", "new file\n", 0644, {}});
+  v2.erase(v2.begin() + 3);  // the package file
+  auto patch = patch_between(v1, v2);
+  CHECK(patch.size() < snapshot::to_json(make_snapshot(v2))->size() + 600);
+
+  // Only the blobs of what the patch adds are asked for.
+  auto r = post(a, "/envd/v1/team/env/snapshots", patch, k_patch_type);
+  CHECK(r.status == 409);
+  std::vector<std::string> expected = {digest_of(v2[2].content), digest_of("new file\n")};
+  std::sort(expected.begin(), expected.end());
+  CHECK(r.body["missing"] == json(expected));
+
+  auto up = post(a, "/envd/v1/team/env/blobs/batch", record(v2[2].content) + record("new file\n"),
+                 "application/octet-stream");
+  REQUIRE(up.status == 200);
+  r = post(a, "/envd/v1/team/env/snapshots", patch, k_patch_type);
+  INFO(r.body.dump());
+  REQUIRE(r.status == 200);
+  std::string d2 = snapshot::digest_of(make_snapshot(v2))->str();
+  CHECK(r.body["snapshot_digest"] == d2);
+  // Stored as the whole document, which builds like any other.
+  auto stored = test::read_file(a.data() / "snapshots" / (d2.substr(7) + ".json"));
+  CHECK(stored == *snapshot::to_json(make_snapshot(v2)));
+  auto built = wait_build(a, start_build(a, d2));
+  CHECK(built["state"] == "succeeded");
+}
+
+TEST_CASE("a snapshot patch: unknown base 404, wrong result digest 400, malformed 400") {
+  Api a;
+  auto v1 = sample_files();
+  auto v2 = v1;
+  v2[0].content = "#!/bin/sh\necho b\n";
+  auto patch = patch_between(v1, v2);
+  auto r = post(a, "/envd/v1/team/env/snapshots", patch, k_patch_type);
+  CHECK(r.status == 404);
+  CHECK(r.body["errors"][0]["code"] == "SNAPSHOT_UNKNOWN");
+
+  submit(a, v1);
+  auto up =
+      post(a, "/envd/v1/team/env/blobs/batch", record(v2[0].content), "application/octet-stream");
+  REQUIRE(up.status == 200);
+  auto lying = json::parse(patch);
+  lying["digest"] = digest_of("something else");
+  r = post(a, "/envd/v1/team/env/snapshots", lying.dump(), k_patch_type);
+  CHECK(r.status == 400);
+  CHECK(r.body["errors"][0]["code"] == "SNAPSHOT_INVALID");
+  CHECK(r.body["errors"][0]["message"].get<std::string>().find("digest") != std::string::npos);
+  CHECK_FALSE(
+      fs::exists(a.data() / "snapshots" / (digest_of("something else").substr(7) + ".json")));
+
+  auto unsafe = json::parse(patch);
+  unsafe["removed"]["environments"][0]["unowned"] = {"../x"};
+  CHECK(post(a, "/envd/v1/team/env/snapshots", unsafe.dump(), k_patch_type).status == 400);
+  CHECK(post(a, "/envd/v1/team/env/snapshots", "{}", k_patch_type).status == 400);
+
+  r = post(a, "/envd/v1/team/env/snapshots", patch, k_patch_type);
+  CHECK(r.status == 200);
+  CHECK(r.body["snapshot_digest"] == snapshot::digest_of(make_snapshot(v2))->str());
+}
+
 TEST_CASE("a build is accepted (202) and long polls follow its progress until it succeeded") {
   Api a;
   std::string snap = submit(a, sample_files());
@@ -529,6 +611,7 @@ TEST_CASE("every example and every real request and response agrees with its sch
   docs.emplace_back(
       "snapshot-missing",
       post(a, "/envd/v1/team/env/snapshots", *snapshot::to_json(make_snapshot(files))).body);
+  docs.emplace_back("snapshot-patch", json::parse(patch_between(files, sample_files("b"))));
   docs.emplace_back("snapshot-response", json{{"snapshot_digest", submit(a, files)}});
   json request = {{"snapshot_digest", docs.back().second["snapshot_digest"]},
                   {"tag", "v1"},
