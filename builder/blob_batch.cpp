@@ -1,9 +1,11 @@
 // Streamed blob batch parsing (see blob_batch.hpp). Bytes go straight from the request into a
-// BlobWriter; nothing is buffered beyond one header line.
+// BlobWriter; nothing is buffered beyond one header line. Verified blobs wait in a commit group
+// until it is full or the body ends.
 #include "builder/blob_batch.hpp"
 
 #include <algorithm>
 #include <charconv>
+#include <utility>
 
 namespace envd::builder {
 namespace {
@@ -14,16 +16,36 @@ constexpr std::size_t k_max_header = 7 + 64 + 1 + 20;
 }  // namespace
 
 bool BlobBatchReader::fail(ErrorCode code, std::string message) {
-  m_writer.reset();  // discards the partial blob
-  m_failure = BatchFailure{
-      m_digest, Error(code, "record " + std::to_string(m_record) + ": " + std::move(message))};
-  return false;
+  return stop(BatchFailure{
+      m_digest, Error(code, "record " + std::to_string(m_record) + ": " + std::move(message))});
 }
 
 bool BlobBatchReader::fail_over_limit(std::string message) {
-  fail(ErrorCode::invalid_argument, std::move(message));
-  m_failure->over_limit = true;
+  return stop(BatchFailure{m_digest,
+                           Error(ErrorCode::invalid_argument,
+                                 "record " + std::to_string(m_record) + ": " + std::move(message)),
+                           /*over_limit=*/true});
+}
+
+bool BlobBatchReader::stop(BatchFailure failure) {
+  m_writer.reset();  // discards the partial blob
+  // Every blob verified before the bad record stays (schemas/envd-api/batch-response.schema.json).
+  // If committing them fails, that error is the one reported.
+  if (commit_pending()) m_failure = std::move(failure);
   return false;
+}
+
+bool BlobBatchReader::commit_pending() {
+  if (!m_group) return true;
+  auto r = m_group->commit();
+  auto committed = std::exchange(m_pending, {});
+  m_pending_bytes = 0;
+  if (!r) {
+    m_failure = BatchFailure{std::nullopt, r.error()};
+    return false;
+  }
+  m_stored.insert(m_stored.end(), committed.begin(), committed.end());
+  return true;
 }
 
 // Parses m_header ("sha256:<hex> <size>", without the newline) and opens the blob writer.
@@ -54,11 +76,14 @@ bool BlobBatchReader::start_record() {
 }
 
 bool BlobBatchReader::finish_record() {
-  auto r = m_writer->commit(*m_digest, m_size);
-  m_writer.reset();
+  if (!m_group) m_group = m_blobs.begin_group();
+  auto r = m_group->add(std::move(m_writer), *m_digest, m_size);
   if (!r) return fail(r.error().code(), r.error().message());
-  m_stored.push_back(*m_digest);
+  m_pending.push_back(*m_digest);
+  m_pending_bytes += m_size;
   m_digest.reset();
+  if (m_pending.size() >= m_grouping.blobs || m_pending_bytes >= m_grouping.bytes)
+    return commit_pending();
   return true;
 }
 
@@ -100,6 +125,8 @@ void BlobBatchReader::finish() {
                                           " of " + std::to_string(m_size) + " bytes");
   } else if (!m_header.empty()) {
     fail(ErrorCode::invalid_argument, "body ended inside the header \"" + m_header + "\"");
+  } else {
+    commit_pending();
   }
 }
 

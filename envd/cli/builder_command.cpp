@@ -3,8 +3,10 @@
 // what `envd push` built). Runs until SIGTERM or SIGINT, then stops cleanly (exit 0).
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <iostream>
 
 #include "builder/auth.hpp"
@@ -42,6 +44,12 @@ int run_serve(const ServeArgs& args) {
   // cpp-httplib 0.11 sends without MSG_NOSIGNAL: a client that hangs up mid-response would
   // otherwise kill the builder with SIGPIPE instead of failing that one write with EPIPE.
   ::signal(SIGPIPE, SIG_IGN);
+  // A blob batch keeps each verified blob's file open until its group commits (up to 256 per
+  // request in flight): the usual soft limit of 1024 open files is too low for a few at once.
+  if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = std::min<rlim_t>(files.rlim_max, 65536);
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   builder::BuilderConfig config;
   if (!args.config.empty()) {

@@ -1,8 +1,25 @@
 // BlobStore conveniences (put, read_all) written once over the virtual primitives, so every store
-// gets them with the same verification and error context.
+// gets them with the same verification and error context; and the default group commit.
 #include "envd/store/blob_store.hpp"
 
 namespace envd::store {
+namespace {
+
+// BlobStore::begin_group()'s default: every blob committed by itself as it is added.
+class ImmediateCommitGroup : public BlobCommitGroup {
+ public:
+  Result<void> add(std::unique_ptr<BlobWriter> writer, const oci::Digest& expected,
+                   std::optional<std::uint64_t> expected_size) override {
+    return writer->commit(expected, expected_size);
+  }
+  Result<void> commit() override { return {}; }
+};
+
+}  // namespace
+
+std::unique_ptr<BlobCommitGroup> BlobStore::begin_group() {
+  return std::make_unique<ImmediateCommitGroup>();
+}
 
 Result<void> BlobStore::put(const oci::Digest& digest, std::string_view data) {
   auto context = "put " + digest.str();

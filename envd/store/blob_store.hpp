@@ -1,6 +1,6 @@
 // Content-addressed blob store interface. A blob is visible under a digest only after its bytes
-// were verified to hash to that digest. Implementations: FsBlobStore (disk), MemoryBlobStore
-// (tests); both pass tests/envd/store/blob_store_conformance.hpp.
+// were verified to hash to that digest, and were made durable. Implementations: FsBlobStore (disk),
+// MemoryBlobStore (tests); both pass tests/envd/store/blob_store_conformance.hpp.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +32,27 @@ class BlobWriter {
                               std::optional<std::uint64_t> expected_size = std::nullopt) = 0;
 };
 
+// A group commit: blobs verified one at a time as they are added, then made durable and visible
+// together by commit(), so that a store pays for durability once per group (one journal commit,
+// one directory sync) instead of once per blob. Not thread-safe; one per ingesting thread, but
+// groups of one store (and of several processes sharing it) may commit the same digests at once.
+// Destroying a group without commit() discards the blobs it has not shown yet.
+class BlobCommitGroup {
+ public:
+  virtual ~BlobCommitGroup() = default;
+  // Takes `writer` (from the same store's begin_write()) and verifies its bytes as
+  // BlobWriter::commit does, with the same errors: digest_mismatch / invalid_argument (size) with
+  // nothing of this blob ever made visible; io. A failure leaves the blobs added before it in the
+  // group. The blob is visible after commit() at the latest; a store may show it earlier (content
+  // already present, or a store without a cheaper group path), but never before it is durable.
+  virtual Result<void> add(std::unique_ptr<BlobWriter> writer, const oci::Digest& expected,
+                           std::optional<std::uint64_t> expected_size = std::nullopt) = 0;
+  // Makes every blob added since the last commit() durable, then visible; the group is then empty
+  // and can take more. Errors: io, after which none of those blobs may be reported stored (some
+  // may be visible, each verified and durable: the store's contract holds either way).
+  virtual Result<void> commit() = 0;
+};
+
 // Sequential reader of one blob.
 class BlobReader {
  public:
@@ -53,6 +74,9 @@ class BlobStore {
   virtual Result<std::unique_ptr<BlobWriter>> begin_write() = 0;
   // Errors: not_found, io.
   virtual Result<std::unique_ptr<BlobReader>> open(const oci::Digest& digest) const = 0;
+  // A group commit for many blobs at once (see BlobCommitGroup). This default commits each blob
+  // as it is added, which suits stores whose commit is cheap (memory).
+  virtual std::unique_ptr<BlobCommitGroup> begin_group();
   // Removing an absent blob succeeds. Errors: io.
   virtual Result<void> remove(const oci::Digest& digest) = 0;
   // Every visible digest, in no particular order. Errors: io.

@@ -25,6 +25,13 @@ class FsBlobStore : public BlobStore {
   bool contains(const oci::Digest& digest) const override;
   Result<std::uint64_t> size(const oci::Digest& digest) const override;
   Result<std::unique_ptr<BlobWriter>> begin_write() override;
+  // Each blob added is verified and made read-only; commit() makes them all durable with one
+  // syncfs() of the store's filesystem (which also writes back whatever else is dirty there;
+  // fsync of each file where syncfs is unavailable), renames them into place, then fsyncs
+  // blobs/sha256 once. Each blob pending in a group holds an open file (and its flock) until
+  // commit(), so callers bound the group's size. Writers not made by an FsBlobStore are committed
+  // on their own as they are added.
+  std::unique_ptr<BlobCommitGroup> begin_group() override;
   Result<std::unique_ptr<BlobReader>> open(const oci::Digest& digest) const override;
   Result<void> remove(const oci::Digest& digest) override;
   // Names in blobs/sha256 that are not 64 lowercase hex digits are ignored.

@@ -48,6 +48,15 @@ inline Result<void> write_and_commit(BlobStore& store, std::string_view data,
   return (*writer)->commit(digest, data.size());
 }
 
+// Adds `data` to `group` through a fresh writer of `store`, as `digest` with data's size.
+inline Result<void> write_and_add(BlobStore& store, BlobCommitGroup& group, std::string_view data,
+                                  const oci::Digest& digest) {
+  auto writer = store.begin_write();
+  if (!writer) return writer.error();
+  ENVD_TRY_VOID((*writer)->write(data));
+  return group.add(std::move(*writer), digest, data.size());
+}
+
 inline void check_blob_store_conformance(const StoreFactory& make_store) {
   std::unique_ptr<BlobStore> store = make_store();
   REQUIRE(store != nullptr);
@@ -245,6 +254,117 @@ inline void check_blob_store_conformance(const StoreFactory& make_store) {
     auto read = store->read_all(hello_digest);
     REQUIRE_FALSE(read.has_value());
     CHECK(read.error().code() == ErrorCode::not_found);
+  }
+
+  SUBCASE("writes of any sizes, small and large, mixed, read back in order") {
+    const std::string data = pattern_bytes(600 * 1024, 11);
+    // Around 64 KiB in both directions, plus tiny ones: whatever a store buffers by.
+    const std::size_t sizes[] = {1, 4096, 65535, 2, 65536, 65537, 3, 131072 + 5, 7, 100000};
+    auto writer = store->begin_write();
+    REQUIRE(writer.has_value());
+    std::size_t off = 0;
+    for (std::size_t i = 0; off < data.size(); ++i) {
+      std::size_t n = std::min(sizes[i % std::size(sizes)], data.size() - off);
+      REQUIRE((*writer)->write(std::string_view(data).substr(off, n)).has_value());
+      off += n;
+      CHECK((*writer)->written() == off);
+    }
+    REQUIRE((*writer)->commit(oci::sha256_of(data), data.size()).has_value());
+    CHECK(store->read_all(oci::sha256_of(data)).value_or("") == data);
+  }
+
+  SUBCASE("a group commits every blob added, including the empty one and ones already present") {
+    REQUIRE(store->put(hello_digest, hello).has_value());
+    auto group = store->begin_group();
+    REQUIRE(group != nullptr);
+    std::vector<oci::Digest> expected{hello_digest};
+    for (std::uint32_t i = 0; i < 40; ++i) {
+      auto data = pattern_bytes(i * 997, 100 + i);
+      expected.push_back(oci::sha256_of(data));
+      REQUIRE(write_and_add(*store, *group, data, expected.back()).has_value());
+    }
+    // Already in the store, and twice in the same group.
+    REQUIRE(write_and_add(*store, *group, hello, hello_digest).has_value());
+    REQUIRE(write_and_add(*store, *group, pattern_bytes(997, 101), expected[2]).has_value());
+    REQUIRE(group->commit().has_value());
+    std::sort(expected.begin(), expected.end());
+    expected.erase(std::unique(expected.begin(), expected.end()), expected.end());
+    CHECK(sorted_list(*store) == expected);
+    for (std::uint32_t i = 0; i < 40; ++i) {
+      auto data = pattern_bytes(i * 997, 100 + i);
+      CHECK(store->read_all(oci::sha256_of(data)).value_or("?") == data);
+    }
+    CHECK(store->read_all(hello_digest).value_or("") == hello);
+  }
+
+  SUBCASE("a corrupt blob in a group fails alone: the verified blobs around it commit") {
+    auto group = store->begin_group();
+    const std::string before = "verified before";
+    const std::string after = "verified after";
+    REQUIRE(write_and_add(*store, *group, before, oci::sha256_of(before)).has_value());
+    const oci::Digest claimed = oci::sha256_of("what the sender claimed");
+    auto bad = write_and_add(*store, *group, "other bytes", claimed);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().code() == ErrorCode::digest_mismatch);
+    auto writer = store->begin_write();
+    REQUIRE(writer.has_value());
+    REQUIRE((*writer)->write(hello).has_value());
+    auto short_one = group->add(std::move(*writer), hello_digest, hello.size() + 1);
+    REQUIRE_FALSE(short_one.has_value());
+    CHECK(short_one.error().code() == ErrorCode::invalid_argument);
+    REQUIRE(write_and_add(*store, *group, after, oci::sha256_of(after)).has_value());
+    REQUIRE(group->commit().has_value());
+    std::vector<oci::Digest> expected{oci::sha256_of(before), oci::sha256_of(after)};
+    std::sort(expected.begin(), expected.end());
+    CHECK(sorted_list(*store) == expected);
+    CHECK_FALSE(store->contains(claimed));
+    CHECK_FALSE(store->contains(oci::sha256_of("other bytes")));
+    CHECK_FALSE(store->contains(hello_digest));
+    CHECK(store->read_all(oci::sha256_of(before)).value_or("") == before);
+  }
+
+  SUBCASE("a group commits again after a commit, and an empty commit succeeds") {
+    auto group = store->begin_group();
+    REQUIRE(group->commit().has_value());
+    REQUIRE(write_and_add(*store, *group, "first", oci::sha256_of("first")).has_value());
+    REQUIRE(group->commit().has_value());
+    CHECK(store->contains(oci::sha256_of("first")));
+    REQUIRE(write_and_add(*store, *group, "second", oci::sha256_of("second")).has_value());
+    REQUIRE(group->commit().has_value());
+    CHECK(store->read_all(oci::sha256_of("second")).value_or("") == "second");
+    CHECK(sorted_list(*store).size() == 2);
+  }
+
+  SUBCASE("concurrent groups of the same blobs all commit") {
+    constexpr int k_groups = 6;
+    constexpr std::uint32_t k_blobs = 12;
+    std::vector<std::unique_ptr<BlobCommitGroup>> groups;
+    for (int g = 0; g < k_groups; ++g) {
+      groups.push_back(store->begin_group());
+      for (std::uint32_t i = 0; i < k_blobs; ++i) {
+        auto data = pattern_bytes(5000 + i, 200 + i);
+        REQUIRE(write_and_add(*store, *groups.back(), data, oci::sha256_of(data)).has_value());
+      }
+    }
+    std::latch start(k_groups);
+    std::vector<Result<void>> results(k_groups, Result<void>());
+    std::vector<std::thread> threads;
+    for (int g = 0; g < k_groups; ++g) {
+      threads.emplace_back([&, g] {
+        start.arrive_and_wait();
+        results[g] = groups[g]->commit();
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int g = 0; g < k_groups; ++g) {
+      INFO("group " << g << ": " << (results[g] ? "" : results[g].error().message()));
+      CHECK(results[g].has_value());
+    }
+    CHECK(sorted_list(*store).size() == k_blobs);
+    for (std::uint32_t i = 0; i < k_blobs; ++i) {
+      auto data = pattern_bytes(5000 + i, 200 + i);
+      CHECK(store->read_all(oci::sha256_of(data)).value_or("") == data);
+    }
   }
 
   SUBCASE("a writer destroyed before commit leaves nothing visible") {

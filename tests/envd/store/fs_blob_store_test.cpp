@@ -165,6 +165,72 @@ TEST_CASE("FsBlobStore::list ignores names that are not digests") {
   CHECK(*listed == std::vector<oci::Digest>{*d});
 }
 
+TEST_CASE("FsBlobStore group: nothing visible before commit(), then read-only blobs, no ingest") {
+  ScratchDir scratch;
+  auto store = open_store(scratch / "store");
+  const fs::path ingest = scratch / "store" / "ingest";
+  auto group = store->begin_group();
+  std::vector<oci::Digest> digests;
+  for (std::string data : {"one", "two", "three"}) {
+    digests.push_back(oci::sha256_of(data));
+    REQUIRE(test::write_and_add(*store, *group, data, digests.back()).has_value());
+  }
+  CHECK_FALSE(test::write_and_add(*store, *group, "bad", oci::sha256_of("good")).has_value());
+  for (const auto& d : digests) CHECK_FALSE(store->contains(d));
+  CHECK(names_in(ingest).size() == 3);  // the verified ones wait; the bad one is gone
+  REQUIRE(group->commit().has_value());
+  for (const auto& d : digests) {
+    CHECK(store->contains(d));
+    struct stat st {};
+    REQUIRE(::lstat(store->path_of(d)->c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0444);
+  }
+  CHECK(store->read_all(digests[2]).value_or("") == "three");
+  CHECK(names_in(ingest).empty());
+}
+
+TEST_CASE("FsBlobStore group destroyed before commit() shows nothing and leaves no ingest file") {
+  ScratchDir scratch;
+  auto store = open_store(scratch / "store");
+  {
+    auto group = store->begin_group();
+    REQUIRE(test::write_and_add(*store, *group, "pending", oci::sha256_of("pending")).has_value());
+    CHECK(names_in(scratch / "store" / "ingest").size() == 1);
+  }
+  CHECK_FALSE(store->contains(oci::sha256_of("pending")));
+  CHECK(test::sorted_list(*store).empty());
+  CHECK(names_in(scratch / "store" / "ingest").empty());
+}
+
+TEST_CASE("FsBlobStore resumable writer destroyed uncommitted keeps every byte written") {
+  ScratchDir scratch;
+  auto store = open_store(scratch / "store");
+  const std::string data = test::pattern_bytes(200 * 1024, 5);
+  const oci::Digest digest = oci::sha256_of(data);
+  const std::size_t half = 70000;
+  {
+    auto w = store->resume_write(digest);
+    REQUIRE(w.has_value());
+    // Small pieces, as a download delivers them.
+    for (std::size_t off = 0; off < half; off += 1000)
+      REQUIRE(
+          (*w)->write(std::string_view(data).substr(off, std::min<std::size_t>(1000, half - off)))
+              .has_value());
+    CHECK((*w)->written() == half);
+  }
+  std::string replayed;
+  auto w = store->resume_write(digest, [&](std::string_view d) -> Result<void> {
+    replayed.append(d);
+    return {};
+  });
+  REQUIRE(w.has_value());
+  CHECK((*w)->written() == half);
+  CHECK(replayed == data.substr(0, half));
+  REQUIRE((*w)->write(std::string_view(data).substr(half)).has_value());
+  REQUIRE((*w)->commit(digest, data.size()).has_value());
+  CHECK(store->read_all(digest).value_or("") == data);
+}
+
 TEST_CASE("FsBlobStore::create fails when the root is a file") {
   ScratchDir scratch;
   envd::test::write_file(scratch / "file", "x");
