@@ -184,7 +184,10 @@ class NodeStore {
   Result<std::optional<oci::Digest>> lookup_reference(const std::string& reference);
   // Every image, most recently used first. Errors: io.
   Result<std::vector<ImageRecord>> list_images();
-  // Sets last_used to now(). Errors: io.
+  // Sets last_used to now(), unless it is already within k_touch_resolution seconds of it: a
+  // one-shot `envd node run` then reads the state without writing it (no journal traffic), and
+  // least-recently-used order and the gc grace period (minutes) are unaffected. Errors: io.
+  static constexpr std::int64_t k_touch_resolution = 60;
   Result<void> touch(const oci::Digest& manifest);
 
   // Pins an image: until the lease is destroyed, gc() does not evict it (nor its layers and

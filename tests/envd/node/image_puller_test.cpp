@@ -293,6 +293,37 @@ TEST_CASE("a second image differing in one layer fetches only that layer, manife
   CHECK(test::read_file(pulled->rootfs / "srv/main.py") == "main\n");
 }
 
+TEST_CASE("a layer of several MiB arrives in gathered chunks: stored, unpacked and counted whole") {
+  Fixture f;
+  using E = ForgeEntry;
+  // Incompressible bytes, so that the blob itself spans several of the puller's 1 MiB chunks and
+  // ends with a partial one.
+  std::string noise(3 * 1024 * 1024 + 12345, '\0');
+  std::uint64_t x = 88172645463325252ull;
+  for (auto& c : noise) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c = static_cast<char>(x);
+  }
+  auto big =
+      test::forge_layer({E::dir("srv"), E::file("srv/blob.bin", noise)}, ForgeCompression::zstd);
+  REQUIRE(big.blob.size() > 3 * 1024 * 1024);
+  auto pub = publish(f.reg, "team/big", "v1", ImageSpec{{big}});
+  PullProgress progress;
+  auto pulled = f.puller->pull(f.ref("team/big:v1"), &progress);
+  REQUIRE_MESSAGE(pulled, why(pulled));
+  CHECK(pulled->manifest_digest == pub.manifest);
+  CHECK(progress.bytes_fetched == big.blob.size());
+  CHECK(pulled->bytes_fetched ==
+        pub.manifest_bytes.size() + pub.config_bytes.size() + big.blob.size());
+  CHECK(test::read_file(pulled->rootfs / "srv/blob.bin") == noise);
+  auto stored = f.store->blobs().read_all(big.digest);
+  REQUIRE(stored);
+  CHECK(*stored == big.blob);
+  CHECK(f.store->blobs().list_resumable()->empty());
+}
+
 TEST_CASE("8 concurrent pullers (threads, and separate store instances) download each blob once") {
   Fixture f;
   using E = ForgeEntry;

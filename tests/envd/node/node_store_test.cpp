@@ -176,6 +176,39 @@ TEST_CASE("state survives reopening: images, references, sizes, last used") {
   CHECK_FALSE(s->lookup_reference("127.0.0.1:5000/team/env:v2")->has_value());
 }
 
+TEST_CASE("touch and pin write last_used once per k_touch_resolution; state survives reopening") {
+  ScratchDir scratch;
+  FakeClock clock;
+  auto rec = [&] {
+    auto s = open_store(scratch / "node", clock.options());
+    return add_image(*s, "team/env:v1", {"a"}, 10);  // pulled at 1000
+  }();
+  auto last_used = [&](NodeStore& s) {
+    auto img = s.find_image(rec.manifest_digest);
+    REQUIRE(img);
+    REQUIRE(img->has_value());
+    return (*img)->last_used;
+  };
+  {
+    auto s = open_store(scratch / "node", clock.options());
+    clock.t->store(1000 + NodeStore::k_touch_resolution);
+    REQUIRE(s->touch(rec.manifest_digest));
+    auto lease = s->pin(rec.manifest_digest);
+    REQUIRE(lease);
+    CHECK(last_used(*s) == 1000);  // recent enough: not written
+    clock.t->store(1001 + NodeStore::k_touch_resolution);
+    REQUIRE(s->touch(rec.manifest_digest));
+    CHECK(last_used(*s) == 1001 + NodeStore::k_touch_resolution);
+  }
+  // Closed without a checkpoint: a new instance reads what the last one wrote.
+  auto again = open_store(scratch / "node", clock.options());
+  CHECK(last_used(*again) == 1001 + NodeStore::k_touch_resolution);
+  clock.t->store(500);  // a clock that went back is followed
+  auto lease = again->pin(rec.manifest_digest);
+  REQUIRE(lease);
+  CHECK(last_used(*again) == 500);
+}
+
 TEST_CASE("a lease marks an image in use until released, across store instances") {
   ScratchDir scratch;
   auto s = open_store(scratch / "node");
