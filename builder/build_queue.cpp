@@ -123,6 +123,8 @@ void BuildQueue::run(Build& build) {
   options.compression = build.request.compression;
   options.plan = m_options.plan;
   options.envd_version = m_options.envd_version;
+  // The snapshot store keeps each snapshot under the digest it was checked to have.
+  options.snapshot_digest = build.request.snapshot_digest;
   auto result = m_builder.build(build.snapshot, content, options, &build.progress);
   finish(build, std::move(result));
 }

@@ -8,21 +8,46 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <vector>
+#include <memory>
 
 namespace envd::builder {
 
 namespace {
 
 constexpr std::size_t k_max_chunk = 256 * 1024;
-constexpr std::size_t k_min_chunk = 4 * 1024;
 
-// A buffer big enough to read a file of `size` bytes and notice one byte more in one call, but
-// never above k_max_chunk: small files do not pay for a large (mmap-backed) allocation.
-std::vector<char> chunk_buffer(std::uint64_t size) {
-  std::uint64_t want = std::clamp<std::uint64_t>(size + 1, k_min_chunk, k_max_chunk);
-  return std::vector<char>(static_cast<std::size_t>(want));
-}
+// The buffer a read streams through: one per thread, allocated once and never zero-filled, instead
+// of one per file (a build reads tens of thousands of files). A sink that reads another file on
+// the same thread gets a buffer of its own.
+class ChunkBuffer {
+ public:
+  ChunkBuffer() {
+    thread_local std::unique_ptr<char[]> t_buffer;
+    thread_local bool t_in_use = false;
+    if (t_in_use) {
+      m_own.reset(new char[k_max_chunk]);
+      m_data = m_own.get();
+      return;
+    }
+    if (!t_buffer) t_buffer.reset(new char[k_max_chunk]);
+    m_data = t_buffer.get();
+    m_in_use = &t_in_use;
+    t_in_use = true;
+  }
+  ~ChunkBuffer() {
+    if (m_in_use) *m_in_use = false;
+  }
+  ChunkBuffer(const ChunkBuffer&) = delete;
+  ChunkBuffer& operator=(const ChunkBuffer&) = delete;
+
+  char* data() const { return m_data; }
+  static constexpr std::size_t size() { return k_max_chunk; }
+
+ private:
+  char* m_data = nullptr;
+  bool* m_in_use = nullptr;
+  std::unique_ptr<char[]> m_own;
+};
 
 Result<void> check_regular(const LayerEntry& entry) {
   if (entry.type != snapshot::FileType::regular) {
@@ -83,9 +108,14 @@ class UniqueFd {
   int m_fd;
 };
 
+struct OpenedSource {
+  int fd = -1;
+  std::uint64_t size = 0;  // st_size when opened
+};
+
 // Opens entry.source as it was recorded: a regular file, not through a symlink. O_NONBLOCK keeps
 // a FIFO planted at the path from blocking the open; it has no effect on regular files.
-Result<int> open_source(const LayerEntry& entry) {
+Result<OpenedSource> open_source(const LayerEntry& entry) {
   if (entry.source.empty() || entry.source.front() != '/') {
     return Error(ErrorCode::invalid_argument,
                  describe(entry) + ": source path must be absolute, got '" + entry.source + "'");
@@ -110,7 +140,7 @@ Result<int> open_source(const LayerEntry& entry) {
     return Error(ErrorCode::failed_precondition,
                  describe(entry) + ": source is no longer a regular file");
   }
-  return fd;
+  return OpenedSource{fd, static_cast<std::uint64_t>(st.st_size)};
 }
 
 // read(2) retrying on EINTR. Returns 0 at the end.
@@ -132,15 +162,27 @@ std::string describe(const LayerEntry& entry) {
 
 Result<void> FileContentSource::read(const LayerEntry& entry, const ContentSink& sink) {
   ENVD_TRY_VOID(check_regular(entry));
-  ENVD_TRY(int raw_fd, open_source(entry));
-  UniqueFd fd(raw_fd);
-  // A hint only: whole-file sequential reads benefit from a larger readahead window.
-  (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  std::vector<char> buffer = chunk_buffer(entry.size);
+  ENVD_TRY(OpenedSource opened, open_source(entry));
+  UniqueFd fd(opened.fd);
+  // A hint only: whole-file sequential reads benefit from a larger readahead window. Files that
+  // fit in one read gain nothing from it but a system call.
+  if (entry.size > ChunkBuffer::size())
+    (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  // When the file has the recorded size, read exactly that many bytes: no read(2) just to see the
+  // end. Should it grow meanwhile, what goes into the layer is still the recorded content, which
+  // the digest proves. Otherwise read to the end, so the mismatch names what was found.
+  const bool recorded_size = opened.size == entry.size;
+  ChunkBuffer buffer;
   Verifier verifier(entry);
-  for (;;) {
-    ENVD_TRY(std::size_t n, read_some(fd.get(), buffer.data(), buffer.size(), entry.source));
+  for (std::uint64_t got = 0;;) {
+    std::size_t want = buffer.size();
+    if (recorded_size) {
+      if (got == entry.size) break;
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(want, entry.size - got));
+    }
+    ENVD_TRY(std::size_t n, read_some(fd.get(), buffer.data(), want, entry.source));
     if (n == 0) break;
+    got += n;
     std::string_view chunk(buffer.data(), n);
     ENVD_TRY_VOID(verifier.update(chunk));
     ENVD_TRY_VOID(sink(chunk));
@@ -150,8 +192,8 @@ Result<void> FileContentSource::read(const LayerEntry& entry, const ContentSink&
 
 Result<std::string> FileContentSource::head(const LayerEntry& entry, std::size_t n) {
   ENVD_TRY_VOID(check_regular(entry));
-  ENVD_TRY(int raw_fd, open_source(entry));
-  UniqueFd fd(raw_fd);
+  ENVD_TRY(OpenedSource opened, open_source(entry));
+  UniqueFd fd(opened.fd);
   std::string out(n, '\0');
   std::size_t got = 0;
   while (got < n) {
@@ -167,7 +209,7 @@ Result<void> BlobContentSource::read(const LayerEntry& entry, const ContentSink&
   ENVD_TRY_VOID(check_regular(entry));
   auto reader = m_store.open(*entry.digest);
   if (!reader) return reader.error().with_context(describe(entry));
-  std::vector<char> buffer = chunk_buffer(entry.size);
+  ChunkBuffer buffer;
   Verifier verifier(entry);
   for (;;) {
     auto n = (*reader)->read(buffer.data(), buffer.size());
@@ -204,6 +246,38 @@ Result<void> MixedContentSource::read(const LayerEntry& entry, const ContentSink
 Result<std::string> MixedContentSource::head(const LayerEntry& entry, std::size_t n) {
   if (entry.source.empty()) return m_blobs.head(entry, n);
   return m_files.head(entry, n);
+}
+
+LayerEntry MemoryContentSource::entry(std::string path, std::uint32_t mode) const {
+  LayerEntry e;
+  e.path = std::move(path);
+  e.type = snapshot::FileType::regular;
+  e.mode = mode;
+  e.size = m_data.size();
+  e.digest = m_digest;
+  return e;
+}
+
+Result<void> MemoryContentSource::check(const LayerEntry& entry) const {
+  ENVD_TRY_VOID(check_regular(entry));
+  if (*entry.digest != m_digest || entry.size != m_data.size()) {
+    return Error(ErrorCode::not_found, describe(entry) + ": content " + entry.digest->str() +
+                                           " is not the buffer this source holds");
+  }
+  return {};
+}
+
+Result<void> MemoryContentSource::read(const LayerEntry& entry, const ContentSink& sink) {
+  ENVD_TRY_VOID(check(entry));
+  for (std::size_t at = 0; at < m_data.size(); at += k_max_chunk) {
+    ENVD_TRY_VOID(sink(m_data.substr(at, k_max_chunk)));
+  }
+  return {};
+}
+
+Result<std::string> MemoryContentSource::head(const LayerEntry& entry, std::size_t n) {
+  ENVD_TRY_VOID(check(entry));
+  return std::string(m_data.substr(0, n));
 }
 
 }  // namespace envd::builder

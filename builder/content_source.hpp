@@ -91,6 +91,29 @@ class MixedContentSource final : public ContentSource {
   BlobContentSource m_blobs;
 };
 
+// Serves one buffer held in memory (the image builder's snapshot document), so content the process
+// has just produced reaches a layer without a round trip through the blob store. The buffer is
+// hashed once, here; it cannot change afterwards, so read() compares the entry's digest and size
+// with that one hash instead of hashing every read again. Entries naming other content fail with
+// not_found. Thread-safe; `data` must outlive this object.
+class MemoryContentSource final : public ContentSource {
+ public:
+  explicit MemoryContentSource(std::string_view data)
+      : m_data(data), m_digest(oci::sha256_of(data)) {}
+
+  // The entry a layer needs for this content (type regular, `mode`, size and digest set).
+  LayerEntry entry(std::string path, std::uint32_t mode) const;
+
+  Result<void> read(const LayerEntry& entry, const ContentSink& sink) override;
+  Result<std::string> head(const LayerEntry& entry, std::size_t n) override;
+
+ private:
+  Result<void> check(const LayerEntry& entry) const;
+
+  std::string_view m_data;
+  oci::Digest m_digest;
+};
+
 // "layer file <path>" or "layer file <path> (from <source>)": how errors name a file.
 std::string describe(const LayerEntry& entry);
 

@@ -20,9 +20,16 @@ std::string working_dir(const snapshot::Snapshot& snap) {
   return "/";
 }
 
+// Bump when the snapshot layer's tar changes for the same snapshot (its path, mode, or how the
+// document is written), so cached snapshot layers are rebuilt.
+constexpr std::string_view k_snapshot_layer_format = "envd-snapshot-layer-v2";
+
 // The snapshot document as stored in the image: without the volatile fields, which would make
-// the image differ between two pushes of the same environment.
+// the image differ between two pushes of the same environment. Only the small fields are
+// cleared; the copy is what it costs to call to_json without them.
 Result<std::string> stable_document(const snapshot::Snapshot& snap) {
+  if (snap.created.empty() && snap.host.empty() && snap.envd_version.empty())
+    return snapshot::to_json(snap);
   snapshot::Snapshot copy = snap;
   copy.created.clear();
   copy.host.clear();
@@ -31,6 +38,16 @@ Result<std::string> stable_document(const snapshot::Snapshot& snap) {
 }
 
 }  // namespace
+
+oci::Digest snapshot_layer_key(const oci::Digest& snapshot_digest) {
+  // The stable document is a pure function of the snapshot digest: digest_of hashes the same
+  // canonical JSON without exactly the fields stable_document empties. So the key needs the
+  // digest only, and a rebuild that finds the layer cached never serialises the document.
+  std::string text(k_snapshot_layer_format);
+  text += '\n';
+  text += snapshot_digest.str();
+  return oci::sha256_of(text);
+}
 
 std::string snapshot_tag(const oci::Digest& digest) {
   return "sha256-" + std::string(digest.hex());
@@ -65,7 +82,12 @@ Result<BuildResult> ImageBuilder::build(const snapshot::Snapshot& snapshot, Cont
                  "invalid repository name \"" + options.repository + "\"");
   if (!is_valid_tag(options.tag))
     return Error(ErrorCode::invalid_argument, "invalid tag \"" + options.tag + "\"");
-  ENVD_TRY(auto digest, snapshot::digest_of(snapshot));
+  oci::Digest digest = oci::sha256_of("");
+  if (options.snapshot_digest) {
+    digest = *options.snapshot_digest;
+  } else {
+    ENVD_TRY(digest, snapshot::digest_of(snapshot));
+  }
   // Compression is part of the key: a gzip build must not be answered with a zstd one.
   const std::string key = digest.str() + " " + options.repository + ":" + options.tag + " " +
                           std::string(media_type_for(options.compression));
@@ -95,35 +117,58 @@ Result<BuildResult> ImageBuilder::build(const snapshot::Snapshot& snapshot, Cont
   return result;
 }
 
+Result<std::optional<BuiltLayer>> ImageBuilder::find_cached(const oci::Digest& key,
+                                                            Compression compression) {
+  ENVD_TRY(auto cached, m_cache.find(key, compression));
+  if (cached && !m_blobs.contains(cached->blob.digest)) cached.reset();
+  return cached;
+}
+
+Result<BuiltLayer> ImageBuilder::build_document_layer(const snapshot::Snapshot& snapshot,
+                                                      const oci::Digest& key,
+                                                      Compression compression,
+                                                      CompressionContexts& contexts) {
+  ENVD_TRY(const std::string document, stable_document(snapshot));
+  MemoryContentSource source(document);
+  const std::vector<LayerEntry> entries{source.entry(std::string(k_snapshot_path), 0644)};
+  ENVD_TRY(auto layer, write_layer(entries, source, compression, m_blobs, &contexts));
+  ENVD_TRY_VOID(m_cache.put(key, compression, layer));
+  return layer;
+}
+
 Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
                                              const oci::Digest& digest, ContentSource& content,
                                              const BuildOptions& options, BuildProgress& progress) {
   auto started = std::chrono::steady_clock::now();
+  // The snapshot document's layer goes last in the image, but is started first, on a thread of
+  // its own: serialising ~10 MB of JSON and compressing it is the longest step of a rebuild
+  // after a small change, and it overlaps with planning and building the content layers.
+  CompressionContexts contexts;  // shared by the layers of this build
+  const oci::Digest document_key = snapshot_layer_key(digest);
+  ENVD_TRY(auto document_cached, find_cached(document_key, options.compression));
+  std::future<Result<BuiltLayer>> document_layer;
+  if (!document_cached) {
+    document_layer = std::async(std::launch::async, [&]() -> Result<BuiltLayer> {
+      auto r = build_document_layer(snapshot, document_key, options.compression, contexts);
+      if (!r) return r.error().with_context("build layer snapshot");
+      progress.bytes_written += r->blob.size;
+      progress.layers_done += 1;
+      progress.changed();
+      return r;
+    });
+  }
+
   auto plan = plan_layers(snapshot, options.plan);
-
-  // The snapshot document's layer, built from the blob store.
-  ENVD_TRY(auto document, stable_document(snapshot));
-  ENVD_TRY(auto document_digest, m_blobs.put(document));
-  PlannedLayer meta;
-  meta.name = "snapshot";
-  meta.entries.push_back(LayerEntry{std::string(k_snapshot_path),
-                                    snapshot::FileType::regular,
-                                    0644,
-                                    document.size(),
-                                    document_digest,
-                                    {},
-                                    {}});
-  meta.bytes = document.size();
-  meta.key = layer_key(meta.entries, "envd-snapshot-layer-v1");
-  plan.push_back(std::move(meta));
-  progress.layers_total = plan.size();
-  progress.changed();
-
+  progress.layers_total = plan.size() + 1;
+  if (document_cached) {
+    progress.layers_reused += 1;
+    progress.layers_done += 1;
+  }
   std::vector<std::optional<BuiltLayer>> built(plan.size());
   std::vector<std::size_t> to_build;
   for (std::size_t i = 0; i < plan.size(); ++i) {
-    ENVD_TRY(auto cached, m_cache.find(plan[i].key, options.compression));
-    if (cached && m_blobs.contains(cached->blob.digest)) {
+    ENVD_TRY(auto cached, find_cached(plan[i].key, options.compression));
+    if (cached) {
       built[i] = std::move(*cached);
       progress.layers_reused += 1;
       progress.layers_done += 1;
@@ -131,11 +176,12 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
       to_build.push_back(i);
     }
   }
-  if (progress.layers_reused > 0) progress.changed();
+  progress.changed();
+  // Biggest first, so the last layers to finish are small ones and every core stays busy to the
+  // end of a cold build.
   std::sort(to_build.begin(), to_build.end(),
             [&](std::size_t a, std::size_t b) { return plan[a].bytes > plan[b].bytes; });
 
-  BlobContentSource from_store(m_blobs);
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::mutex error_mutex;
@@ -143,8 +189,7 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   auto worker = [&] {
     for (std::size_t k; !failed.load() && (k = next.fetch_add(1)) < to_build.size();) {
       const auto& layer = plan[to_build[k]];
-      ContentSource& source = layer.name == "snapshot" ? from_store : content;
-      auto r = write_layer(layer.entries, source, options.compression, m_blobs);
+      auto r = write_layer(layer.entries(), content, options.compression, m_blobs, &contexts);
       if (r)
         r = [&]() -> Result<BuiltLayer> {
           ENVD_TRY_VOID(m_cache.put(layer.key, options.compression, *r));
@@ -170,7 +215,13 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back(worker);
   worker();
   for (auto& t : pool) t.join();
+  if (document_layer.valid()) {
+    auto r = document_layer.get();
+    if (!r && !first_error) first_error = r.error();
+    if (r) document_cached = std::move(*r);
+  }
   if (first_error) return *first_error;
+  built.push_back(std::move(document_cached));
 
   oci::ImageConfig config;
   config.architecture = snapshot.platform.arch;
@@ -203,7 +254,7 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   BuildResult result{manifest_digest,
                      digest,
                      manifest_json.size(),
-                     plan.size(),
+                     built.size(),
                      static_cast<std::size_t>(progress.layers_reused.load()),
                      progress.bytes_written.load(),
                      {options.tag, immutable},

@@ -8,6 +8,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,10 @@ struct BuildOptions {
   PlanOptions plan;
   unsigned threads = 0;  // 0: one per core
   std::string envd_version;
+  // snapshot::digest_of(snapshot), when the caller has it already (`envd push` computes it for
+  // the push): saves serialising the whole snapshot once more. It must be that digest: it names
+  // the image (immutable tag, label) and keys the snapshot document's layer.
+  std::optional<oci::Digest> snapshot_digest;
 };
 
 // Live counters for a progress display or the build API's progress stream.
@@ -56,6 +61,10 @@ struct BuildResult {
   double seconds = 0;
 };
 
+// The layer cache key of the layer holding the snapshot document (/.envd/snapshot.json) of the
+// snapshot with this digest. Pure.
+oci::Digest snapshot_layer_key(const oci::Digest& snapshot_digest);
+
 // The immutable tag of a snapshot's image.
 std::string snapshot_tag(const oci::Digest& snapshot_digest);
 
@@ -72,6 +81,12 @@ class ImageBuilder {
                             const BuildOptions& options, BuildProgress* progress = nullptr);
 
  private:
+  // The cached layer for `key`, when its blob is still in the store.
+  Result<std::optional<BuiltLayer>> find_cached(const oci::Digest& key, Compression compression);
+  // Builds and caches the layer holding the snapshot document at /.envd/snapshot.json.
+  Result<BuiltLayer> build_document_layer(const snapshot::Snapshot& snapshot,
+                                          const oci::Digest& key, Compression compression,
+                                          CompressionContexts& contexts);
   Result<BuildResult> build_once(const snapshot::Snapshot& snapshot, const oci::Digest& digest,
                                  ContentSource& content, const BuildOptions& options,
                                  BuildProgress& progress);

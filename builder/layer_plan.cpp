@@ -5,38 +5,28 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 namespace envd::builder {
 namespace {
 
-// Bump when the tar layout written for the same entries changes, so cached layers are rebuilt.
-constexpr std::string_view k_format = "envd-layer-v1";
-
 struct Unit {
   std::string name;
-  std::vector<LayerEntry> entries;
+  const std::string* root = nullptr;
+  const std::vector<snapshot::FileEntry>* files = nullptr;
   std::uint64_t bytes = 0;
 };
 
-std::string image_path(const std::string& root, const std::string& rel) {
-  // Roots are absolute and normalised; inside the image the path has no leading '/'.
-  std::string out = root == "/" ? std::string() : root.substr(1) + "/";
-  return out + rel;
+Unit make_unit(std::string name, const std::string& root,
+               const std::vector<snapshot::FileEntry>& files) {
+  Unit u{std::move(name), &root, &files, 0};
+  for (const auto& f : files) u.bytes += f.size;
+  return u;
 }
 
-void add_files(Unit& unit, const std::string& root, const std::vector<snapshot::FileEntry>& files) {
-  for (const auto& f : files) {
-    LayerEntry e;
-    e.path = image_path(root, f.path);
-    e.type = f.type;
-    e.mode = f.mode;
-    e.size = f.size;
-    e.digest = f.digest;
-    e.target = f.target;
-    e.source = root == "/" ? "/" + f.path : root + "/" + f.path;
-    unit.bytes += f.size;
-    unit.entries.push_back(std::move(e));
-  }
+std::string image_prefix(const std::string& root) {
+  // Roots are absolute and normalised; inside the image the path has no leading '/'.
+  return root == "/" ? std::string() : root.substr(1) + "/";
 }
 
 std::uint64_t stable_hash(std::string_view s) {
@@ -49,45 +39,121 @@ std::uint64_t stable_hash(std::string_view s) {
   return h;
 }
 
-PlannedLayer finish(std::string name, std::vector<Unit*> units) {
+// Compares a1+a2 with b1+b2 byte by byte (as std::string::compare does), without joining them:
+// an image path is its root's prefix followed by the file's path in the snapshot.
+int compare_joined(std::string_view a1, std::string_view a2, std::string_view b1,
+                   std::string_view b2) {
+  std::string_view a[2] = {a1, a2};
+  std::string_view b[2] = {b1, b2};
+  std::size_t i = 0;
+  std::size_t j = 0;
+  for (;;) {
+    while (i < 2 && a[i].empty()) ++i;
+    while (j < 2 && b[j].empty()) ++j;
+    if (i == 2 || j == 2) return (i == 2 ? 0 : 1) - (j == 2 ? 0 : 1);
+    std::size_t n = std::min(a[i].size(), b[j].size());
+    if (int c = a[i].substr(0, n).compare(b[j].substr(0, n)); c != 0) return c;
+    a[i].remove_prefix(n);
+    b[j].remove_prefix(n);
+  }
+}
+
+// What the key hashes for one entry, the image path given in two parts; layer_key and the plan
+// both use it, so a planned layer's key equals the key of its materialised entries.
+void hash_entry(oci::Sha256& h, std::string_view prefix, std::string_view path,
+                snapshot::FileType type, std::uint32_t mode,
+                const std::optional<oci::Digest>& digest, std::string_view target) {
+  h.update(prefix);
+  h.update(path);
+  h.update("\0", 1);
+  // "<0 regular | 1 other> <mode in octal> ", as printf("%d %o ") writes it.
+  char meta[16];
+  char* end = meta + sizeof meta;
+  char* p = end;
+  *--p = ' ';
+  std::uint32_t m = mode;
+  do {
+    *--p = static_cast<char>('0' + (m & 7));
+    m >>= 3;
+  } while (m != 0);
+  *--p = ' ';
+  *--p = type == snapshot::FileType::regular ? '0' : '1';
+  h.update(p, static_cast<std::size_t>(end - p));
+  if (type == snapshot::FileType::regular) {
+    h.update(digest ? digest->view() : std::string_view());
+  } else {
+    h.update(target);
+  }
+  h.update("\n", 1);
+}
+
+PlannedLayer finish(std::string name, const std::vector<const Unit*>& units) {
   PlannedLayer layer;
   layer.name = std::move(name);
-  for (auto* u : units) {
+  std::size_t count = 0;
+  for (const auto* u : units) count += u->files->size();
+  layer.files.reserve(count);
+  bool sorted = units.size() == 1;
+  for (const auto* u : units) {
     layer.bytes += u->bytes;
-    std::move(u->entries.begin(), u->entries.end(), std::back_inserter(layer.entries));
+    std::uint32_t root = 0;
+    while (root < layer.roots.size() && layer.roots[root].root != *u->root) ++root;
+    if (root == layer.roots.size()) layer.roots.push_back({*u->root, image_prefix(*u->root)});
+    for (const auto& f : *u->files) layer.files.push_back({&f, root});
   }
-  std::sort(layer.entries.begin(), layer.entries.end(),
-            [](const LayerEntry& a, const LayerEntry& b) { return a.path < b.path; });
+  auto compare = [&](const PlannedFile& a, const PlannedFile& b) {
+    if (a.root == b.root) return a.file->path.compare(b.file->path);
+    return compare_joined(layer.roots[a.root].image_prefix, a.file->path,
+                          layer.roots[b.root].image_prefix, b.file->path);
+  };
+  auto less = [&](const PlannedFile& a, const PlannedFile& b) { return compare(a, b) < 0; };
+  // A snapshot keeps each file list sorted: a layer of one unit is usually in order already.
+  if (!sorted || !std::is_sorted(layer.files.begin(), layer.files.end(), less))
+    std::stable_sort(layer.files.begin(), layer.files.end(), less);
   // A path can come twice only from nested roots (an environment inside another's prefix); a tar
   // must not hold it twice, and the first unit's copy is as good as the other's.
-  layer.entries.erase(
-      std::unique(layer.entries.begin(), layer.entries.end(),
-                  [](const LayerEntry& a, const LayerEntry& b) { return a.path == b.path; }),
-      layer.entries.end());
-  layer.key = layer_key(layer.entries, k_format);
+  layer.files.erase(
+      std::unique(layer.files.begin(), layer.files.end(),
+                  [&](const PlannedFile& a, const PlannedFile& b) { return compare(a, b) == 0; }),
+      layer.files.end());
+  oci::Sha256 h;
+  h.update(k_layer_format);
+  h.update("\n", 1);
+  for (const auto& pf : layer.files) {
+    const auto& f = *pf.file;
+    hash_entry(h, layer.roots[pf.root].image_prefix, f.path, f.type, f.mode, f.digest, f.target);
+  }
+  layer.key = h.finish();
   return layer;
 }
 
 }  // namespace
 
+std::vector<LayerEntry> PlannedLayer::entries() const {
+  std::vector<LayerEntry> out;
+  out.reserve(files.size());
+  for (const auto& pf : files) {
+    const auto& f = *pf.file;
+    const auto& root = roots[pf.root];
+    LayerEntry e;
+    e.path.reserve(root.image_prefix.size() + f.path.size());
+    e.path.append(root.image_prefix).append(f.path);
+    e.type = f.type;
+    e.mode = f.mode;
+    e.size = f.size;
+    e.digest = f.digest;
+    e.target = f.target;
+    e.source = root.root == "/" ? "/" + f.path : root.root + "/" + f.path;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 oci::Digest layer_key(const std::vector<LayerEntry>& entries, std::string_view format) {
   oci::Sha256 h;
   h.update(format);
   h.update("\n", 1);
-  for (const auto& e : entries) {
-    h.update(e.path);
-    h.update("\0", 1);
-    char meta[32];
-    int n = std::snprintf(meta, sizeof meta, "%d %o ",
-                          e.type == snapshot::FileType::regular ? 0 : 1, e.mode);
-    h.update(meta, static_cast<std::size_t>(n));
-    if (e.type == snapshot::FileType::regular) {
-      h.update(e.digest ? e.digest->view() : std::string_view());
-    } else {
-      h.update(e.target);
-    }
-    h.update("\n", 1);
-  }
+  for (const auto& e : entries) hash_entry(h, {}, e.path, e.type, e.mode, e.digest, e.target);
   return h.finish();
 }
 
@@ -102,23 +168,18 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
   std::stable_sort(envs.begin(), envs.end(),
                    [](const auto* a, const auto* b) { return a->partial > b->partial; });
   std::vector<EnvUnits> per_env(envs.size());
-  std::vector<Unit> sources(snap.sources.size());
+  std::vector<Unit> sources;
   for (std::size_t i = 0; i < envs.size(); ++i) {
     const auto& env = *envs[i];
-    per_env[i].unowned.name = "unowned:" + env.prefix;
-    add_files(per_env[i].unowned, env.prefix, env.unowned);
+    per_env[i].unowned = make_unit("unowned:" + env.prefix, env.prefix, env.unowned);
+    per_env[i].packages.reserve(env.packages.size());
     for (const auto& p : env.packages) {
-      Unit u;
-      u.name =
-          "pkg:" + env.prefix + ":" + std::string(snapshot::to_string(p.manager)) + ":" + p.name;
-      add_files(u, env.prefix, p.files);
-      per_env[i].packages.push_back(std::move(u));
+      per_env[i].packages.push_back(make_unit(
+          "pkg:" + env.prefix + ":" + std::string(snapshot::to_string(p.manager)) + ":" + p.name,
+          env.prefix, p.files));
     }
   }
-  for (std::size_t i = 0; i < snap.sources.size(); ++i) {
-    sources[i].name = "src:" + snap.sources[i].root;
-    add_files(sources[i], snap.sources[i].root, snap.sources[i].files);
-  }
+  for (const auto& s : snap.sources) sources.push_back(make_unit("src:" + s.root, s.root, s.files));
 
   // Fixed layers: one unowned layer per environment, one per source tree, and the groups. The
   // rest of the cap goes to the largest packages at or above the threshold.
@@ -127,7 +188,7 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
       std::min(options.groups, options.layer_cap > fixed + 1 ? options.layer_cap - fixed - 1 : 1);
   std::size_t own_budget =
       options.layer_cap > fixed + groups ? options.layer_cap - fixed - groups : 0;
-  std::vector<Unit*> candidates;
+  std::vector<const Unit*> candidates;
   for (auto& e : per_env)
     for (auto& u : e.packages)
       if (u.bytes >= options.own_layer_bytes) candidates.push_back(&u);
@@ -135,18 +196,17 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
     return a->bytes != b->bytes ? a->bytes > b->bytes : a->name < b->name;
   });
   if (candidates.size() > own_budget) candidates.resize(own_budget);
-  std::map<const Unit*, bool> own;
-  for (auto* u : candidates) own[u] = true;
+  std::set<const Unit*> own(candidates.begin(), candidates.end());
 
   std::vector<PlannedLayer> layers;
   for (auto& e : per_env) {
-    if (!e.unowned.entries.empty()) layers.push_back(finish(e.unowned.name, {&e.unowned}));
+    if (!e.unowned.files->empty()) layers.push_back(finish(e.unowned.name, {&e.unowned}));
   }
-  std::vector<Unit*> own_units;
-  std::map<std::size_t, std::vector<Unit*>> grouped;
+  std::vector<const Unit*> own_units;
+  std::map<std::size_t, std::vector<const Unit*>> grouped;
   for (auto& e : per_env) {
     for (auto& u : e.packages) {
-      if (u.entries.empty()) continue;
+      if (u.files->empty()) continue;
       if (own.count(&u) != 0) {
         own_units.push_back(&u);
       } else {
@@ -156,11 +216,11 @@ std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snap, const Plan
   }
   std::sort(own_units.begin(), own_units.end(),
             [](const Unit* a, const Unit* b) { return a->name < b->name; });
-  for (auto* u : own_units) layers.push_back(finish(u->name, {u}));
+  for (const auto* u : own_units) layers.push_back(finish(u->name, {u}));
   for (auto& [index, units] : grouped)
     layers.push_back(finish("group:" + std::to_string(index), units));
   for (auto& s : sources) {
-    if (!s.entries.empty()) layers.push_back(finish(s.name, {&s}));
+    if (!s.files->empty()) layers.push_back(finish(s.name, {&s}));
   }
   return layers;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "builder/layer_writer.hpp"
@@ -20,13 +21,38 @@ struct PlanOptions {
   std::size_t groups = 16;                          // stable groups for the small units
 };
 
+// The format of content layers' keys; bump when the tar written for the same entries changes,
+// so cached layers are rebuilt.
+inline constexpr std::string_view k_layer_format = "envd-layer-v1";
+
+// One file of a planned layer: a file of the snapshot and the index of its root in
+// PlannedLayer::roots. Points into the snapshot given to plan_layers.
+struct PlannedFile {
+  const snapshot::FileEntry* file = nullptr;
+  std::uint32_t root = 0;
+};
+
+// A root the files of a layer are under: an environment prefix or a source tree root.
+struct PlannedRoot {
+  std::string root;          // absolute, as in the snapshot: "/opt/env"
+  std::string image_prefix;  // its files' image path prefix: "opt/env/" ("" for "/")
+};
+
 struct PlannedLayer {
-  std::string name;                 // "pkg:numpy", "group:3", "unowned:/opt/env", "src:/home/u/p"
-  std::vector<LayerEntry> entries;  // sorted by path, with `source` set to the file's own path
+  std::string name;  // "pkg:numpy", "group:3", "unowned:/opt/env", "src:/home/u/p"
+  // The files, sorted by image path and unique. They point into the snapshot given to
+  // plan_layers, which must outlive the plan; entries() makes the LayerEntry list from them only
+  // for the layers that are built (a rebuild needs the keys of all layers, the entries of few).
+  std::vector<PlannedFile> files;
+  std::vector<PlannedRoot> roots;
   std::uint64_t bytes = 0;
   // Digest over everything that decides the layer's bytes (paths, types, modes, content digests,
-  // symlink targets, the layer format version): equal keys give equal layers.
+  // symlink targets, the layer format version): equal keys give equal layers. Equal to
+  // layer_key(entries(), k_layer_format).
   oci::Digest key = oci::sha256_of("");
+
+  // The layer's entries, sorted by path, with `source` set to the file's own path. Pure.
+  std::vector<LayerEntry> entries() const;
 };
 
 // Pure and deterministic: the same snapshot and options give the same plan on any machine.
@@ -34,7 +60,7 @@ struct PlannedLayer {
 std::vector<PlannedLayer> plan_layers(const snapshot::Snapshot& snapshot,
                                       const PlanOptions& options);
 
-// The content key of a list of entries (see PlannedLayer::key), also used for the metadata layer.
+// The content key of a list of entries (see PlannedLayer::key). Pure.
 oci::Digest layer_key(const std::vector<LayerEntry>& entries, std::string_view format);
 
 }  // namespace envd::builder

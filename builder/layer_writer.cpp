@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -140,18 +141,74 @@ class GzipCompressor final : public Compressor {
 // thread, as in `tar | zstd -T0`. https://github.com/facebook/zstd/blob/v1.5.4/lib/zstd.h
 constexpr int k_zstd_workers = 2;
 
+struct FreeCctx {
+  void operator()(ZSTD_CCtx* ctx) const { ::ZSTD_freeCCtx(ctx); }
+};
+using CctxPtr = std::unique_ptr<ZSTD_CCtx, FreeCctx>;
+
+Error zstd_failure(std::size_t rc) {
+  return Error(ErrorCode::internal, std::string("zstd: ") + ::ZSTD_getErrorName(rc));
+}
+
+Result<CctxPtr> new_zstd_context() {
+  CctxPtr ctx(::ZSTD_createCCtx());
+  if (!ctx) return Error(ErrorCode::internal, "zstd: cannot create a compression context");
+  for (auto [param, value] :
+       {std::pair{ZSTD_c_compressionLevel, 3}, std::pair{ZSTD_c_checksumFlag, 1},
+        std::pair{ZSTD_c_nbWorkers, k_zstd_workers}}) {
+    std::size_t rc = ::ZSTD_CCtx_setParameter(ctx.get(), param, value);
+    if (::ZSTD_isError(rc)) return zstd_failure(rc);
+  }
+  return ctx;
+}
+
+}  // namespace
+
+// Idle contexts, each reset to a new frame with its parameters (set once, above) kept: what the
+// next layer gets is indistinguishable from a new context but for its allocated buffers.
+struct CompressionContexts::Impl {
+  std::mutex mutex;
+  std::vector<CctxPtr> idle;
+
+  Result<CctxPtr> take() {
+    {
+      std::lock_guard lock(mutex);
+      if (!idle.empty()) {
+        CctxPtr ctx = std::move(idle.back());
+        idle.pop_back();
+        return ctx;
+      }
+    }
+    return new_zstd_context();
+  }
+  void give_back(CctxPtr ctx) {
+    // Ends whatever frame was in progress (a failed layer), waiting for its jobs.
+    if (::ZSTD_isError(::ZSTD_CCtx_reset(ctx.get(), ZSTD_reset_session_only))) return;
+    std::lock_guard lock(mutex);
+    idle.push_back(std::move(ctx));
+  }
+};
+
+CompressionContexts::CompressionContexts() : m_impl(std::make_unique<Impl>()) {}
+CompressionContexts::~CompressionContexts() = default;
+
+namespace {
+
 class ZstdCompressor final : public Compressor {
  public:
-  explicit ZstdCompressor(BlobSink& out) : m_out(out), m_buffer(k_out_chunk) {}
+  ZstdCompressor(BlobSink& out, CompressionContexts* contexts)
+      : m_out(out), m_buffer(k_out_chunk), m_contexts(contexts) {}
+  ~ZstdCompressor() override {
+    if (m_contexts != nullptr && m_ctx) m_contexts->impl().give_back(std::move(m_ctx));
+  }
+  ZstdCompressor(const ZstdCompressor&) = delete;
+  ZstdCompressor& operator=(const ZstdCompressor&) = delete;
 
   Result<void> init() {
-    m_ctx.reset(::ZSTD_createCCtx());
-    if (!m_ctx) return Error(ErrorCode::internal, "zstd: cannot create a compression context");
-    for (auto [param, value] :
-         {std::pair{ZSTD_c_compressionLevel, 3}, std::pair{ZSTD_c_checksumFlag, 1},
-          std::pair{ZSTD_c_nbWorkers, k_zstd_workers}}) {
-      std::size_t rc = ::ZSTD_CCtx_setParameter(m_ctx.get(), param, value);
-      if (::ZSTD_isError(rc)) return failure(rc);
+    if (m_contexts != nullptr) {
+      ENVD_TRY(m_ctx, m_contexts->impl().take());
+    } else {
+      ENVD_TRY(m_ctx, new_zstd_context());
     }
     return {};
   }
@@ -174,27 +231,22 @@ class ZstdCompressor final : public Compressor {
   }
 
  private:
-  struct FreeCctx {
-    void operator()(ZSTD_CCtx* ctx) const { ::ZSTD_freeCCtx(ctx); }
-  };
-
   Result<std::size_t> step(ZSTD_inBuffer& in, ZSTD_EndDirective mode) {
     ZSTD_outBuffer out{m_buffer.data(), m_buffer.size(), 0};
     std::size_t rc = ::ZSTD_compressStream2(m_ctx.get(), &out, &in, mode);
-    if (::ZSTD_isError(rc)) return failure(rc);
+    if (::ZSTD_isError(rc)) return zstd_failure(rc);
     ENVD_TRY_VOID(m_out.write(m_buffer.data(), out.pos));
     return rc;
-  }
-  static Error failure(std::size_t rc) {
-    return Error(ErrorCode::internal, std::string("zstd: ") + ::ZSTD_getErrorName(rc));
   }
 
   BlobSink& m_out;
   std::vector<char> m_buffer;
-  std::unique_ptr<ZSTD_CCtx, FreeCctx> m_ctx;
+  CompressionContexts* m_contexts;
+  CctxPtr m_ctx;
 };
 
-Result<std::unique_ptr<Compressor>> make_compressor(Compression compression, BlobSink& out) {
+Result<std::unique_ptr<Compressor>> make_compressor(Compression compression, BlobSink& out,
+                                                    CompressionContexts* contexts) {
   switch (compression) {
     case Compression::gzip: {
       auto gzip = std::make_unique<GzipCompressor>(out);
@@ -202,7 +254,7 @@ Result<std::unique_ptr<Compressor>> make_compressor(Compression compression, Blo
       return std::unique_ptr<Compressor>(std::move(gzip));
     }
     case Compression::zstd: {
-      auto zstd = std::make_unique<ZstdCompressor>(out);
+      auto zstd = std::make_unique<ZstdCompressor>(out, contexts);
       ENVD_TRY_VOID(zstd->init());
       return std::unique_ptr<Compressor>(std::move(zstd));
     }
@@ -509,13 +561,14 @@ std::string_view media_type_for(Compression compression) {
 }
 
 Result<BuiltLayer> write_layer(const std::vector<LayerEntry>& entries, ContentSource& content,
-                               Compression compression, store::BlobStore& out) {
+                               Compression compression, store::BlobStore& out,
+                               CompressionContexts* contexts) {
   ENVD_TRY_VOID(validate(entries));
   ENVD_TRY(auto mtimes, py_source_mtimes(entries, content));
 
   ENVD_TRY(std::unique_ptr<store::BlobWriter> writer, out.begin_write());
   BlobSink blob(*writer);
-  ENVD_TRY(std::unique_ptr<Compressor> compressor, make_compressor(compression, blob));
+  ENVD_TRY(std::unique_ptr<Compressor> compressor, make_compressor(compression, blob, contexts));
   TarOutput tar_out;
   tar_out.compressor = compressor.get();
   Utf8LocaleScope utf8_names;  // before the archive exists, outlives it

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -26,6 +27,24 @@ struct BuiltLayer {
   std::uint64_t files = 0;              // entries written (regular files and symlinks)
 };
 
+// zstd compression contexts kept between the layers of one build. A context holds tens of MB of
+// buffers, which the kernel hands out zeroed page by page on first touch; a layer that takes a
+// context another layer finished with skips that. Keeps at most as many contexts as were in use
+// at once; frees them when destroyed. Thread-safe.
+class CompressionContexts {
+ public:
+  CompressionContexts();
+  ~CompressionContexts();
+  CompressionContexts(const CompressionContexts&) = delete;
+  CompressionContexts& operator=(const CompressionContexts&) = delete;
+
+  struct Impl;  // defined in layer_writer.cpp
+  Impl& impl() { return *m_impl; }
+
+ private:
+  std::unique_ptr<Impl> m_impl;
+};
+
 // Writes `entries` as one reproducible layer into `out`, committed under its digest, and returns
 // its descriptor and diff_id. The tar (pax restricted, as libarchive writes it) holds every
 // ancestor directory once before its children (0755), then the entries in the given order; uid
@@ -42,7 +61,9 @@ struct BuiltLayer {
 // entry.size), any error of `content` (not_found naming a missing source, ...), io from `out`.
 //
 // Thread-safe for distinct calls (layers are built in parallel) provided `content` is.
+// `contexts`, when given, lends the compression context (the bytes written do not depend on it).
 Result<BuiltLayer> write_layer(const std::vector<LayerEntry>& entries, ContentSource& content,
-                               Compression compression, store::BlobStore& out);
+                               Compression compression, store::BlobStore& out,
+                               CompressionContexts* contexts = nullptr);
 
 }  // namespace envd::builder

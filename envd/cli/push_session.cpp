@@ -139,6 +139,7 @@ Result<void> push_embedded(PushOutcome& out, const PushTarget& target, PushProgr
   build.compression =
       target.compression == "gzip" ? builder::Compression::gzip : builder::Compression::zstd;
   build.envd_version = ENVD_VERSION;
+  build.snapshot_digest = out.snapshot_digest;
   builder::BuildProgress build_progress;
   if (progress != nullptr) {
     progress->phase = 2;

@@ -165,3 +165,46 @@ TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the sn
   REQUIRE(doc);
   CHECK(*snapshot::digest_of(*doc) == result.snapshot_digest);
 }
+
+TEST_CASE("a digest given by the caller names the same image as the one computed") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto snap = take(dir / "env");
+  auto computed_state = *BuilderState::open(dir / "a");
+  auto given_state = *BuilderState::open(dir / "b");
+  auto computed = build(*computed_state, snap);
+
+  FileContentSource files;
+  BuildOptions options;
+  options.repository = "team/env";
+  options.tag = "v1";
+  options.snapshot_digest = *snapshot::digest_of(snap);
+  auto given = given_state->builder->build(snap, files, options);
+  REQUIRE(given);
+  CHECK(given->manifest_digest == computed.manifest_digest);
+  CHECK(given->snapshot_digest == computed.snapshot_digest);
+  CHECK(given->layers == computed.layers);
+}
+
+TEST_CASE("the snapshot document's layer is keyed by the snapshot digest alone") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto snap = take(dir / "env");
+  auto state_ptr = *BuilderState::open(dir / "state");
+  auto& state = *state_ptr;
+  auto first = build(state, snap);
+  // Volatile fields are left out of the digest and of the document in the image: another
+  // creation time or host reuses every layer, the document's too, and gives the same image.
+  auto later = snap;
+  later.created = "2030-01-01T00:00:00Z";
+  later.host = "elsewhere";
+  auto again = build(state, later);
+  CHECK(again.manifest_digest == first.manifest_digest);
+  CHECK(again.layers_reused == again.layers);
+  CHECK(snapshot_layer_key(first.snapshot_digest) != snapshot_layer_key(oci::sha256_of("x")));
+  auto cached = state.layers->find(snapshot_layer_key(first.snapshot_digest), Compression::zstd);
+  REQUIRE(cached);
+  REQUIRE(*cached);
+  auto m = manifest_of(state, first.manifest_digest);
+  CHECK((*cached)->blob.digest.str() == m["layers"].back()["digest"].get<std::string>());
+}

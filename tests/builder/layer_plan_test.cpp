@@ -69,14 +69,16 @@ TEST_CASE(
   CHECK(names.count("src:/home/u/proj") == 1);
   const auto& numpy = *std::find_if(
       plan.begin(), plan.end(), [](const auto& l) { return l.name == "pkg:/opt/env:pip:numpy"; });
-  REQUIRE(numpy.entries.size() == 1);
-  CHECK(numpy.entries[0].path == "opt/env/lib/python3.11/site-packages/numpy/core.so");
-  CHECK(numpy.entries[0].source == "/opt/env/lib/python3.11/site-packages/numpy/core.so");
+  REQUIRE(numpy.entries().size() == 1);
+  CHECK(numpy.entries()[0].path == "opt/env/lib/python3.11/site-packages/numpy/core.so");
+  CHECK(numpy.entries()[0].source == "/opt/env/lib/python3.11/site-packages/numpy/core.so");
   std::size_t files = 0;
   for (const auto& l : plan) {
-    files += l.entries.size();
-    CHECK(std::is_sorted(l.entries.begin(), l.entries.end(),
+    files += l.files.size();
+    auto entries = l.entries();
+    CHECK(std::is_sorted(entries.begin(), entries.end(),
                          [](const auto& a, const auto& b) { return a.path < b.path; }));
+    CHECK(layer_key(entries, k_layer_format) == l.key);
   }
   CHECK(files == 33);  // numpy + 30 small + python3 + main.py
 }
@@ -105,6 +107,41 @@ TEST_CASE("the layer count stays within the cap however many packages there are"
   auto plan = plan_layers(snap, options);
   CHECK(plan.size() + 1 <= 10);  // +1: the snapshot document's layer
   std::size_t files = 0;
-  for (const auto& l : plan) files += l.entries.size();
+  for (const auto& l : plan) files += l.files.size();
   CHECK(files == 503);
+}
+
+TEST_CASE("a group of packages from nested roots is sorted by image path, each path once") {
+  // /opt/a/sub is an environment inside /opt/a: A's "sub/x" and B's "x" are the same image path.
+  snapshot::Snapshot s;
+  s.platform = {"linux", "amd64", "glibc 2.36"};
+  snapshot::Environment a;
+  a.kind = snapshot::EnvironmentKind::venv;
+  a.prefix = "/opt/a";
+  snapshot::Package pa;
+  pa.name = "pa";
+  pa.files = {file("sub/x", 1, "x"), file("sub0", 1, "sub0"), file("t", 1, "t")};
+  a.packages.push_back(pa);
+  snapshot::Environment b = a;
+  b.prefix = "/opt/a/sub";
+  b.packages[0].name = "pb";
+  b.packages[0].files = {file("x", 1, "x"), file("y", 1, "y")};
+  s.environments = {a, b};
+  PlanOptions options;
+  options.groups = 1;
+  auto plan = plan_layers(s, options);
+  const auto* group = &plan.front();
+  for (const auto& l : plan)
+    if (l.name == "group:0") group = &l;
+  REQUIRE(group->name == "group:0");
+  auto entries = group->entries();
+  std::vector<std::string> paths, sources;
+  for (const auto& e : entries) {
+    paths.push_back(e.path);
+    sources.push_back(e.source);
+  }
+  CHECK(paths == std::vector<std::string>{"opt/a/sub/x", "opt/a/sub/y", "opt/a/sub0", "opt/a/t"});
+  CHECK(sources ==
+        std::vector<std::string>{"/opt/a/sub/x", "/opt/a/sub/y", "/opt/a/sub0", "/opt/a/t"});
+  CHECK(layer_key(entries, k_layer_format) == group->key);
 }

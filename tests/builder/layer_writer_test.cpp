@@ -604,3 +604,83 @@ TEST_CASE("layers built in parallel are identical to one built alone") {
   for (auto& t : threads) t.join();
   for (const auto& d : digests) CHECK(d == alone->blob.digest);
 }
+
+TEST_CASE("shared compression contexts give the same layers, also after a failed layer") {
+  Fixture fx;
+  ScratchDir big_src;
+  // Bigger than one zstd job (8 MiB at level 3), so a reused context runs several jobs again.
+  std::string big(12 * 1024 * 1024, '\0');
+  std::uint64_t state = 0x2545f4914f6cdd1dull;
+  for (std::size_t i = 0; i < big.size(); i += 8) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    std::uint64_t word = state % 7;  // compressible, so the frame is more than stored blocks
+    std::memcpy(big.data() + i, &word, 8);
+  }
+  test::write_file(big_src / "big.bin", big);
+  std::vector<LayerEntry> big_entries = {file_entry("data/big.bin", big_src / "big.bin")};
+
+  store::MemoryBlobStore blobs;
+  auto small_alone = build(fx.entries, blobs);
+  auto big_alone = build(big_entries, blobs);
+  REQUIRE(small_alone);
+  REQUIRE(big_alone);
+
+  builder::CompressionContexts contexts;
+  builder::FileContentSource files;
+  auto with = [&](const std::vector<LayerEntry>& entries) {
+    return builder::write_layer(entries, files, Compression::zstd, blobs, &contexts);
+  };
+  // A layer that fails half way through its big file leaves a context mid-frame behind.
+  auto bad = big_entries;
+  bad[0].digest = oci::sha256_of("something else");
+  REQUIRE(!with(bad));
+  for (int round = 0; round < 2; ++round) {
+    auto big_again = with(big_entries);
+    auto small_again = with(fx.entries);
+    REQUIRE(big_again);
+    REQUIRE(small_again);
+    CHECK(big_again->blob == big_alone->blob);
+    CHECK(big_again->diff_id == big_alone->diff_id);
+    CHECK(small_again->blob == small_alone->blob);
+  }
+  std::vector<std::optional<oci::Digest>> digests(4);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < digests.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto layer = with(i % 2 == 0 ? big_entries : fx.entries);
+      if (layer) digests[i] = layer->blob.digest;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < digests.size(); ++i)
+    CHECK(digests[i] == (i % 2 == 0 ? big_alone : small_alone)->blob.digest);
+}
+
+TEST_CASE("an in-memory buffer gives the same layer as the same bytes in a file") {
+  ScratchDir src;
+  const std::string document = "{\"environments\":[]}\n" + std::string(300 * 1024, 'x');
+  test::write_file(src / "doc.json", document);
+  std::vector<LayerEntry> from_file = {file_entry(".envd/snapshot.json", src / "doc.json")};
+  store::MemoryBlobStore blobs;
+  auto expected = build(from_file, blobs);
+  REQUIRE(expected);
+
+  builder::MemoryContentSource memory(document);
+  std::vector<LayerEntry> entries = {memory.entry(".envd/snapshot.json", 0644)};
+  CHECK(entries[0].digest == from_file[0].digest);
+  CHECK(entries[0].size == document.size());
+  auto layer = builder::write_layer(entries, memory, Compression::zstd, blobs);
+  REQUIRE(layer);
+  CHECK(layer->blob == expected->blob);
+  CHECK(layer->diff_id == expected->diff_id);
+
+  // An entry naming other content is not served, and nothing is committed for it.
+  store::MemoryBlobStore out;
+  auto other = entries;
+  other[0].digest = oci::sha256_of("other");
+  auto r = builder::write_layer(other, memory, Compression::zstd, out);
+  REQUIRE(!r);
+  CHECK(r.error().code() == ErrorCode::not_found);
+  CHECK(r.error().message().find(".envd/snapshot.json") != std::string::npos);
+  CHECK(out.list()->empty());
+}
