@@ -49,7 +49,7 @@ struct BuildQueue::Build {
   std::string id;
   std::string key;
   BuildRequest request;
-  snapshot::Snapshot snapshot;  // released when the build ends
+  std::shared_ptr<const snapshot::Snapshot> snapshot;  // released when the build ends
   BuildProgress progress;
   BuildState state = BuildState::running;
   std::uint64_t version = 1;
@@ -125,7 +125,7 @@ void BuildQueue::run(Build& build) {
   options.envd_version = m_options.envd_version;
   // The snapshot store keeps each snapshot under the digest it was checked to have.
   options.snapshot_digest = build.request.snapshot_digest;
-  auto result = m_builder.build(build.snapshot, content, options, &build.progress);
+  auto result = m_builder.build(*build.snapshot, content, options, &build.progress);
   finish(build, std::move(result));
 }
 
@@ -146,7 +146,7 @@ void BuildQueue::finish(Build& build, Result<BuildResult> result) {
     m_options.on_image_built(build.request.repository, build.request.tag);
   std::lock_guard lock(m_mutex);
   build.progress.on_change = nullptr;
-  build.snapshot = snapshot::Snapshot{};
+  build.snapshot.reset();
   if (result) {
     build.state = BuildState::succeeded;
     build.result = std::move(*result);

@@ -51,8 +51,9 @@ struct BuildStatus {
 class BuildQueue {
  public:
   using Clock = std::chrono::steady_clock;
-  // Loads the snapshot named by a request (outside the queue's lock).
-  using SnapshotLoader = std::function<Result<snapshot::Snapshot>(const oci::Digest&)>;
+  // Loads the snapshot named by a request (outside the queue's lock); shared, not copied.
+  using SnapshotLoader =
+      std::function<Result<std::shared_ptr<const snapshot::Snapshot>>(const oci::Digest&)>;
 
   struct Options {
     unsigned threads = 2;              // builds run at once

@@ -283,10 +283,11 @@ HttpResponse start_build(EnvdApi::Impl& api, const HttpRequest& req) {
       return invalid("INVALID_ARGUMENT", "compression: \"zstd\" or \"gzip\", not " + c.dump());
     }
   }
-  auto id = api.queue.submit(request, [&api](const oci::Digest& d) -> Result<snapshot::Snapshot> {
-    ENVD_TRY(auto found, api.snapshots.get(d));
-    return *found.snapshot;
-  });
+  auto id = api.queue.submit(
+      request, [&api](const oci::Digest& d) -> Result<std::shared_ptr<const snapshot::Snapshot>> {
+        ENVD_TRY(auto found, api.snapshots.get(d));
+        return found.snapshot;
+      });
   if (!id && id.error().code() == ErrorCode::not_found)
     return oci_error(404, "SNAPSHOT_UNKNOWN", id.error().message());
   if (!id) return error_response(id.error(), ErrorSubject::other);

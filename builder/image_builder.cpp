@@ -24,19 +24,6 @@ std::string working_dir(const snapshot::Snapshot& snap) {
 // document is written), so cached snapshot layers are rebuilt.
 constexpr std::string_view k_snapshot_layer_format = "envd-snapshot-layer-v2";
 
-// The snapshot document as stored in the image: without the volatile fields, which would make
-// the image differ between two pushes of the same environment. Only the small fields are
-// cleared; the copy is what it costs to call to_json without them.
-Result<std::string> stable_document(const snapshot::Snapshot& snap) {
-  if (snap.created.empty() && snap.host.empty() && snap.envd_version.empty())
-    return snapshot::to_json(snap);
-  snapshot::Snapshot copy = snap;
-  copy.created.clear();
-  copy.host.clear();
-  copy.envd_version.clear();
-  return snapshot::to_json(copy);
-}
-
 }  // namespace
 
 oci::Digest snapshot_layer_key(const oci::Digest& snapshot_digest) {
@@ -128,7 +115,7 @@ Result<BuiltLayer> ImageBuilder::build_document_layer(const snapshot::Snapshot& 
                                                       const oci::Digest& key,
                                                       Compression compression,
                                                       CompressionContexts& contexts) {
-  ENVD_TRY(const std::string document, stable_document(snapshot));
+  ENVD_TRY(const std::string document, snapshot::to_json_without_volatile(snapshot));
   MemoryContentSource source(document);
   const std::vector<LayerEntry> entries{source.entry(std::string(k_snapshot_path), 0644)};
   ENVD_TRY(auto layer, write_layer(entries, source, compression, m_blobs, &contexts));

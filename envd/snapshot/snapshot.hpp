@@ -109,6 +109,10 @@ struct Snapshot {
 // that is not valid UTF-8, a regular file without digest, an unsafe or unsorted path, a bad mode.
 Result<std::string> to_json(const Snapshot& snapshot);
 
+// to_json with the volatile fields (created, host, envd_version) written as "": the document an
+// image holds, a function of the snapshot digest alone.
+Result<std::string> to_json_without_volatile(const Snapshot& snapshot);
+
 // Digest of the canonical JSON without the volatile fields: the builder's build key. The same
 // environment gives the same digest on any run and any machine.
 Result<oci::Digest> digest_of(const Snapshot& snapshot);

@@ -115,7 +115,9 @@ constexpr std::array<char, 128> k_short_escape = [] {
   return t;
 }();
 
-enum class Volatile { include, exclude };
+// The volatile fields (created, host, envd_version): written, left out (the digest), or written
+// as "" (the document in an image).
+enum class Volatile { include, exclude, blank };
 
 // Appends canonical JSON text to one buffer. For to_json the buffer is sized once and becomes
 // the document; for digest_of it is a small window whose full chunks go to SHA-256, so the ~10 MB
@@ -414,14 +416,15 @@ std::size_t estimated_size(const Snapshot& s) {
 // created, envd_version, environments, host, media_type, platform, sources ("envd_version" sorts
 // before "environments": 'd' < 'i' at index 3).
 Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile volatile_fields) {
-  const bool with_volatile = volatile_fields == Volatile::include;
+  const bool with_volatile = volatile_fields != Volatile::exclude;
+  const bool blank = volatile_fields == Volatile::blank;
   const Where root;
   w.raw("{");
   if (with_volatile) {
     w.raw("\"created\":");
-    ENVD_TRY_VOID(w.string(s.created, root.member("created")));
+    ENVD_TRY_VOID(w.string(blank ? "" : s.created, root.member("created")));
     w.raw(",\"envd_version\":");
-    ENVD_TRY_VOID(w.string(s.envd_version, root.member("envd_version")));
+    ENVD_TRY_VOID(w.string(blank ? "" : s.envd_version, root.member("envd_version")));
     w.raw(",");
   }
   w.raw("\"environments\":[");
@@ -433,7 +436,7 @@ Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile vola
   w.raw("],");
   if (with_volatile) {
     w.raw("\"host\":");
-    ENVD_TRY_VOID(w.string(s.host, root.member("host")));
+    ENVD_TRY_VOID(w.string(blank ? "" : s.host, root.member("host")));
     w.raw(",");
   }
   w.raw("\"media_type\":\"");
@@ -460,6 +463,12 @@ Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile vola
 Result<std::string> to_json(const Snapshot& snapshot) {
   CanonicalWriter w(estimated_size(snapshot));
   ENVD_TRY_VOID(write_document(w, snapshot, Volatile::include));
+  return w.take();
+}
+
+Result<std::string> to_json_without_volatile(const Snapshot& snapshot) {
+  CanonicalWriter w(estimated_size(snapshot));
+  ENVD_TRY_VOID(write_document(w, snapshot, Volatile::blank));
   return w.take();
 }
 
