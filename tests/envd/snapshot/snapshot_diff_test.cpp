@@ -10,20 +10,15 @@
 #include <vector>
 
 #include "envd/oci/digest.hpp"
+#include "support/snapshot_samples.hpp"
 
 namespace envd::snapshot {
 namespace {
 
-using Strings = std::vector<std::string>;
+using test::pip;
+using test::regular;
 
-FileEntry regular(std::string path, std::string_view content, std::uint32_t mode = 0644) {
-  FileEntry f;
-  f.path = std::move(path);
-  f.digest = oci::sha256_of(content);
-  f.size = content.size();
-  f.mode = mode;
-  return f;
-}
+using Strings = std::vector<std::string>;
 
 FileEntry symlink(std::string path, std::string target) {
   FileEntry f;
@@ -32,15 +27,6 @@ FileEntry symlink(std::string path, std::string target) {
   f.mode = 0777;
   f.target = std::move(target);
   return f;
-}
-
-Package pip(std::string name, std::string version, std::vector<FileEntry> files = {}) {
-  Package p;
-  p.name = std::move(name);
-  p.version = std::move(version);
-  p.installer = "pip";
-  p.files = std::move(files);
-  return p;
 }
 
 Package conda(std::string name, std::string version, std::string build) {

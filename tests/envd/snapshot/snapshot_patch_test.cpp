@@ -10,27 +10,13 @@
 #include <vector>
 
 #include "envd/oci/digest.hpp"
+#include "support/snapshot_samples.hpp"
 
 namespace envd::snapshot {
 namespace {
 
-FileEntry regular(std::string path, std::string_view content) {
-  FileEntry f;
-  f.path = std::move(path);
-  f.digest = oci::sha256_of(content);
-  f.size = content.size();
-  f.mode = 0644;
-  return f;
-}
-
-Package pip(std::string name, std::string version, std::vector<FileEntry> files) {
-  Package p;
-  p.name = std::move(name);
-  p.version = std::move(version);
-  p.installer = "pip";
-  p.files = std::move(files);
-  return p;
-}
+using test::pip;
+using test::regular;
 
 const std::string k_site = "lib/python3.11/site-packages/";
 
