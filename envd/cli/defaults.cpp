@@ -91,6 +91,18 @@ void add_scan_options(CLI::App& cmd, ScanArgs& args) {
                  "repeatable)");
 }
 
+void add_target_options(CLI::App& cmd, TargetArgs& args) {
+  cmd.add_option("--name", args.name,
+                 "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
+                 "local/<environment name>:latest");
+  cmd.add_option("--builder", args.builder,
+                 "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
+                 "builder; if none is set, the embedded builder under $ENVD_HOME/builder");
+  cmd.add_option("--compression", args.compression,
+                 "Layer compression; default: the config's, else the builder's (zstd)")
+      ->check(CLI::IsMember({"zstd", "gzip"}));
+}
+
 Result<agent::SnapshotOptions> snapshot_options(const ScanArgs& scan) {
   ENVD_TRY(auto config, load_user_config());
   return snapshot_options(scan, config);

@@ -28,6 +28,16 @@ struct ScanArgs {
 // Registers --prefix, --src, --no-src and --allow-secret on `cmd`, filling `args`.
 void add_scan_options(CLI::App& cmd, ScanArgs& args);
 
+// Where push and watch send the image (resolve_push_target, resolve_image_name).
+struct TargetArgs {
+  std::string name;         // --name NAMESPACE/NAME[:TAG]
+  std::string builder;      // --builder URL
+  std::string compression;  // --compression zstd|gzip
+};
+
+// Registers --name, --builder and --compression on `cmd`, filling `args`.
+void add_target_options(CLI::App& cmd, TargetArgs& args);
+
 // $CONDA_PREFIX, else $VIRTUAL_ENV, else sys.prefix of the python3 on PATH (asked from Python
 // itself, so pyenv shims and symlinked interpreters resolve right). Errors: not_found when none.
 Result<std::filesystem::path> default_prefix();

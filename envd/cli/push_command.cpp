@@ -21,10 +21,8 @@ namespace {
 
 struct PushArgs {
   ScanArgs scan;
-  std::string name;
-  std::string builder;
+  TargetArgs target;
   bool json = false;
-  std::string compression;
 };
 
 int fail(std::string_view what, const Error& e) {
@@ -130,10 +128,12 @@ int run_push(const PushArgs& args) {
   if (!config) return fail("", config.error());
   auto options = snapshot_options(args.scan, *config);
   if (!options) return fail("find the environment", options.error());
-  auto target = resolve_push_target(args.builder, args.compression, *config, envd_home());
+  auto target =
+      resolve_push_target(args.target.builder, args.target.compression, *config, envd_home());
   if (!target) return fail("", target.error());
 
-  PushRequest request{std::move(*options), args.name.empty() ? config->name : args.name};
+  PushRequest request{std::move(*options),
+                      args.target.name.empty() ? config->name : args.target.name};
   PushProgress progress;
   PushDisplay display(progress);
   auto result = [&] {
@@ -159,15 +159,7 @@ void add_push_command(CLI::App& app, int& exit_code) {
   auto* cmd =
       app.add_subcommand("push", "Snapshot the environment and build its image on the builder");
   add_scan_options(*cmd, args->scan);
-  cmd->add_option("--name", args->name,
-                  "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
-                  "local/<environment name>:latest");
-  cmd->add_option("--builder", args->builder,
-                  "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
-                  "builder; if none is set, the embedded builder under $ENVD_HOME/builder");
-  cmd->add_option("--compression", args->compression,
-                  "Layer compression; default: the config's, else the builder's (zstd)")
-      ->check(CLI::IsMember({"zstd", "gzip"}));
+  add_target_options(*cmd, args->target);
   cmd->add_flag("--json", args->json, "Print one JSON object with the result on stdout");
   cmd->footer(
       "Uploads only the files the builder lacks (an interrupted push resumes where it stopped) "

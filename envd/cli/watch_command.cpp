@@ -37,9 +37,7 @@ constexpr auto k_stop_grace = std::chrono::seconds(30);
 
 struct WatchArgs {
   ScanArgs scan;
-  std::string name;
-  std::string builder;
-  std::string compression;
+  TargetArgs target;
   double debounce = 1.0;
   double retry_max = 30.0;
 };
@@ -132,9 +130,11 @@ class Watch {
     if (!config) return fail("", config.error());
     auto options = snapshot_options(m_args.scan, *config);
     if (!options) return fail("find the environment", options.error());
-    auto target = resolve_push_target(m_args.builder, m_args.compression, *config, envd_home());
+    auto target =
+        resolve_push_target(m_args.target.builder, m_args.target.compression, *config, envd_home());
     if (!target) return fail("", target.error());
-    m_request = PushRequest{std::move(*options), m_args.name.empty() ? config->name : m_args.name};
+    m_request = PushRequest{std::move(*options),
+                            m_args.target.name.empty() ? config->name : m_args.target.name};
     m_target = std::move(*target);
 
     // Watching starts before the first push, so that nothing made during it is missed.
@@ -334,15 +334,7 @@ void add_watch_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand(
       "watch", "Push now, then again whenever the environment's packages or the sources change");
   add_scan_options(*cmd, args->scan);
-  cmd->add_option("--name", args->name,
-                  "Image name NAMESPACE/NAME[:TAG]; default: the config's name, else "
-                  "local/<environment name>:latest");
-  cmd->add_option("--builder", args->builder,
-                  "Builder URL http(s)://HOST[:PORT]; default: $ENVD_BUILDER, else the config's "
-                  "builder; if none is set, the embedded builder under $ENVD_HOME/builder");
-  cmd->add_option("--compression", args->compression,
-                  "Layer compression; default: the config's, else the builder's (zstd)")
-      ->check(CLI::IsMember({"zstd", "gzip"}));
+  add_target_options(*cmd, args->target);
   cmd->add_option("--debounce", args->debounce,
                   "Seconds without further changes before pushing (default 1)");
   cmd->add_option("--retry-max", args->retry_max,
