@@ -1,8 +1,6 @@
 // `envd builder serve`: the builder as a service: the OCI Distribution API and the envd API
 // (/envd/v1/) over a builder data directory (by default the embedded builder's, so that it serves
 // what `envd push` built). Runs until SIGTERM or SIGINT, then stops cleanly (exit 0).
-#include <pthread.h>
-#include <signal.h>
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -17,6 +15,7 @@
 #include "builder/registry_server.hpp"
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
+#include "envd/cli/stop_signals.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::cli {
@@ -34,16 +33,7 @@ int fail(std::string_view what, const Error& e) {
 }
 
 int run_serve(const ServeArgs& args) {
-  // Blocked here, before any thread exists, so that every thread inherits the mask and the
-  // signals wait for sigwait() below instead of killing the process mid-write.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  // cpp-httplib 0.11 sends without MSG_NOSIGNAL: a client that hangs up mid-response would
-  // otherwise kill the builder with SIGPIPE instead of failing that one write with EPIPE.
-  ::signal(SIGPIPE, SIG_IGN);
+  StopSignals stop_signals;  // before any thread exists
   // A blob batch keeps each verified blob's file open until its group commits (up to 256 per
   // request in flight): the usual soft limit of 1024 open files is too low for a few at once.
   if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
@@ -115,9 +105,7 @@ int run_serve(const ServeArgs& args) {
   std::cout << "envd builder listening on " << (config.tls ? "https" : "http") << "://" << shown
             << ":" << *port << " (data " << data.string() << ")" << std::endl;
 
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
-  log::info("builder", "stopping", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  log::info("builder", "stopping", {{"signal", stop_signals.wait()}});
   api->shutdown();  // ends long polls first, so that the server's stop does not wait for them
   (*server)->stop();
   return 0;

@@ -1,8 +1,6 @@
 // `envd node serve`: the node daemon (DESIGN.md §7) in the foreground: keeps the configured
 // workers running in their images, rolls them when a tag moves, serves the status endpoint.
 // Runs until SIGTERM or SIGINT, then stops the workers gracefully and exits 0.
-#include <pthread.h>
-#include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -12,6 +10,7 @@
 #include "builder/local_image_source.hpp"
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
+#include "envd/cli/stop_signals.hpp"
 #include "envd/node/node_config.hpp"
 #include "envd/node/node_daemon.hpp"
 #include "envd/util/log.hpp"
@@ -79,15 +78,7 @@ node::LocalSourceFactory local_source_factory() {
 }
 
 int run_serve(const ServeArgs& args) {
-  // Blocked before any thread exists, so that every thread inherits the mask and the signals
-  // wait for sigwait() below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  // cpp-httplib sends without MSG_NOSIGNAL: a status client hanging up must not kill the daemon.
-  ::signal(SIGPIPE, SIG_IGN);
+  StopSignals stop_signals;  // before any thread exists
 
   node::NodeConfig config;
   if (!args.config.empty()) {
@@ -120,9 +111,7 @@ int run_serve(const ServeArgs& args) {
   std::cout << "envd node listening on http://" << shown << ":" << (*daemon)->status_port()
             << " (data " << (*daemon)->data_dir().string() << ")" << std::endl;
 
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
-  log::info("node", "stopping", {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  log::info("node", "stopping", {{"signal", stop_signals.wait()}});
   (*daemon)->stop();
   return 0;
 }
