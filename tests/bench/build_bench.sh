@@ -6,6 +6,7 @@
 # ENVD=path picks the binary; PEERS=0 skips umoci and buildah.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/lib.sh
 envd=$(realpath "${ENVD:-./build/envd/cli/envd}")
 src_prefix=${1:-$( (pyenv root 2>/dev/null || echo /root/.pyenv) | head -1)/versions/3.11.7}
 [ -x "$envd" ] || { echo "build envd first (bash packaging/build.sh)" >&2; exit 1; }
@@ -43,13 +44,9 @@ echo "# changed" >> "$small"
 changed_out=$(push)
 changed_build=$(echo "$changed_out" | json build_seconds)
 changed_total=$(echo "$changed_out" | json seconds)
-# One new ~100 KB pip package (five 20 KB modules and its dist-info, as pip lays them out): one
-# small-package group layer and the snapshot document's layer are built, the rest reused.
-site=$prefix/lib/python3.11/site-packages
-mkdir -p "$site/pkgx" "$site/pkgx-1.0.dist-info"
-for i in 1 2 3 4 5; do head -c 20000 /dev/urandom > "$site/pkgx/m$i.py"; echo "pkgx/m$i.py,," >> "$site/pkgx-1.0.dist-info/RECORD"; done
-printf 'Metadata-Version: 2.1\nName: pkgx\nVersion: 1.0\n' > "$site/pkgx-1.0.dist-info/METADATA"
-printf 'pkgx-1.0.dist-info/METADATA,,\npkgx-1.0.dist-info/RECORD,,\n' >> "$site/pkgx-1.0.dist-info/RECORD"
+# One new ~100 KB pip package (as pip lays it out): one small-package group layer and the snapshot
+# document's layer are built, the rest reused.
+add_pip_package "$prefix" pkgx >/dev/null
 added_out=$(push)
 added_build=$(echo "$added_out" | json build_seconds)
 added_total=$(echo "$added_out" | json seconds)

@@ -10,6 +10,7 @@
 # rounds (default 3, medians printed), RUN_REPS=N runs of `true` per variant (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/lib.sh
 envd_path=${ENVD_BIN:-${ENVD:-./build/envd/cli/envd}}
 [ -x "$envd_path" ] || { echo "envd binary not found or not executable: $envd_path (build it with bash packaging/build.sh, or set ENVD_BIN)" >&2; exit 1; }
 envd=$(realpath "$envd_path")
@@ -42,22 +43,9 @@ push() {
   "$envd" push --prefix "$prefix" --no-src --name "bench/py:$1" --json \
     2>"$work/push.err" | tail -1 || { cat "$work/push.err" >&2; exit 1; }
 }
-# A pip package NAME 1.0 of about 100 KB laid out as pip does: module dir + dist-info.
-add_package() {
-  local site name=$1
-  site=$(ls -d "$prefix"/lib/python3.*/site-packages | head -1)
-  mkdir -p "$site/$name" "$site/$name-1.0.dist-info"
-  for i in 0 1 2 3 4; do head -c 20000 /dev/urandom > "$site/$name/data$i.bin"; done
-  echo "NAME = '$name'" > "$site/$name/__init__.py"
-  printf 'Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n\n' "$name" > "$site/$name-1.0.dist-info/METADATA"
-  echo pip > "$site/$name-1.0.dist-info/INSTALLER"
-  (cd "$site" && { for f in "$name"/* "$name-1.0.dist-info"/METADATA "$name-1.0.dist-info"/INSTALLER; do
-     echo "$f,,"; done; echo "$name-1.0.dist-info/RECORD,,"; } > "$name-1.0.dist-info/RECORD")
-  du -cb "$site/$name" "$site/$name-1.0.dist-info" | tail -1 | cut -f1
-}
 
 v1_out=$(push v1)
-pkg_bytes=$(add_package envdnodebenchpkg)
+pkg_bytes=$(add_pip_package "$prefix" envdnodebenchpkg)
 v2_out=$(push v2)
 
 "$envd" builder serve --listen 127.0.0.1:0 --data "$ENVD_HOME/builder" >"$work/serve.out" 2>"$work/serve.log" &

@@ -8,6 +8,7 @@
 # ENVD=path/to/envd picks the binary (default ./build/envd/cli/envd).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/lib.sh
 envd=$(realpath "${ENVD:-./build/envd/cli/envd}")
 src_prefix=${1:-$( (pyenv root 2>/dev/null || echo /root/.pyenv) | head -1)/versions/3.11.7}
 [ -x "$envd" ] || { echo "build envd first (bash packaging/build.sh)" >&2; exit 1; }
@@ -41,19 +42,6 @@ push() {
   t1=$(now)
   wall=$(echo "$t1 - $t0" | bc -l)
 }
-# A pip package NAME 1.0 of about 100 KB: 5 data files of 20 KB, __init__.py, dist-info.
-add_package() {
-  local site name=$1
-  site=$(ls -d "$prefix"/lib/python3.*/site-packages | head -1)
-  mkdir -p "$site/$name" "$site/$name-1.0.dist-info"
-  for i in 0 1 2 3 4; do head -c 20000 /dev/urandom > "$site/$name/data$i.bin"; done
-  echo "NAME = '$name'" > "$site/$name/__init__.py"
-  printf 'Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n\n' "$name" > "$site/$name-1.0.dist-info/METADATA"
-  echo pip > "$site/$name-1.0.dist-info/INSTALLER"
-  (cd "$site" && { for f in "$name"/* "$name-1.0.dist-info"/METADATA "$name-1.0.dist-info"/INSTALLER; do
-     echo "$f,,"; done; echo "$name-1.0.dist-info/RECORD,,"; } > "$name-1.0.dist-info/RECORD")
-  du -cb "$site/$name" "$site/$name-1.0.dist-info" | tail -1 | cut -f1
-}
 
 # The reference for the upload's time: reading and hashing every regular file once (hashlib).
 t0=$(now)
@@ -73,9 +61,9 @@ cold_wall=$wall cold=$out
 push; nochange1=$wall nochange_out=$out
 push; nochange2=$wall
 push; nochange3=$wall
-pkg_bytes=$(add_package envdbenchpkg)
+pkg_bytes=$(add_pip_package "$prefix" envdbenchpkg)
 push; pkg_wall=$wall pkg_out=$out
-pkg2_bytes=$(add_package envdbenchpkg2)
+pkg2_bytes=$(add_pip_package "$prefix" envdbenchpkg2)
 push; pkg2_wall=$wall pkg2_out=$out
 
 files=$(find "$prefix" \( -type f -o -type l \) | wc -l)
