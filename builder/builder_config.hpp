@@ -50,9 +50,6 @@ struct BuilderConfig {
   std::vector<MirrorConfig> mirrors;
 };
 
-// Splits "HOST:PORT" or "[IPv6]:PORT" (port 0-65535). Errors: invalid_argument.
-Result<std::pair<std::string, int>> parse_listen_address(std::string_view text);
-
 // Parses config YAML. `source` names the document in errors ("config.yaml:12: limits.blob_bytes:
 // must be a positive integer"); relative paths (data_dir, token_file, tls, mirrors) are resolved
 // against `base_dir`, and token files are read and hashed here. Unknown keys are errors, so a

@@ -16,6 +16,7 @@
 #include "envd/cli/commands.hpp"
 #include "envd/cli/defaults.hpp"
 #include "envd/cli/stop_signals.hpp"
+#include "envd/util/listen_address.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::cli {
@@ -48,7 +49,7 @@ int run_serve(const ServeArgs& args) {
     config = std::move(*loaded);
   }
   if (!args.listen.empty()) {
-    auto address = builder::parse_listen_address(args.listen);
+    auto address = parse_listen_address(args.listen);
     if (!address) {
       std::cerr << "envd builder serve: --listen: " << address.error().message() << "\n";
       return 2;

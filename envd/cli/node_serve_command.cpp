@@ -13,6 +13,7 @@
 #include "envd/cli/stop_signals.hpp"
 #include "envd/node/node_config.hpp"
 #include "envd/node/node_daemon.hpp"
+#include "envd/util/listen_address.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::cli {
@@ -89,7 +90,7 @@ int run_serve(const ServeArgs& args) {
     log::warn("node", "no --config: no workers to run");
   }
   if (!args.listen.empty()) {
-    auto address = node::parse_listen(args.listen);
+    auto address = parse_listen_address(args.listen);
     if (!address) {
       std::cerr << "envd node serve: --listen: " << address.error().message() << "\n";
       return 2;

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "envd/util/atomic_file.hpp"
+#include "envd/util/listen_address.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::node {
@@ -324,7 +325,7 @@ Result<NodeConfig> read_config(const Reader& r, const YAML::Node& root) {
             return r.error(v, full, "must be auto, bwrap or none");
         } else if (key == "listen") {
           ENVD_TRY(auto s, r.string(v, full));
-          auto hp = parse_listen(s);
+          auto hp = parse_listen_address(s);
           if (!hp) return r.error(v, full, hp.error().message());
           std::tie(c.listen_host, c.listen_port) = *hp;
         } else if (key == "poll_interval") {
@@ -407,30 +408,6 @@ Result<std::uint64_t> parse_size(std::string_view text) {
     return bad("unknown unit \"" + std::string(unit) + "\" (kB MB GB TB KiB MiB GiB TiB)");
   if (n > UINT64_MAX / it->second) return bad("too large");
   return n * it->second;
-}
-
-Result<std::pair<std::string, int>> parse_listen(std::string_view text) {
-  auto bad = [&](std::string_view why) {
-    return Error(ErrorCode::invalid_argument,
-                 "listen address \"" + std::string(text) + "\": " + std::string(why));
-  };
-  std::size_t colon = text.rfind(':');
-  if (colon == std::string_view::npos) return bad("expected HOST:PORT");
-  std::string_view host = text.substr(0, colon);
-  std::string_view port_text = text.substr(colon + 1);
-  if (host.starts_with('[')) {
-    if (!host.ends_with(']') || host.size() < 3)
-      return bad("unbalanced [ ] around the IPv6 address");
-    host = host.substr(1, host.size() - 2);
-  } else if (host.find(':') != std::string_view::npos) {
-    return bad("write an IPv6 address in brackets: [::1]:5001");
-  }
-  if (host.empty()) return bad("empty host");
-  int port = -1;
-  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 || port > 65535)
-    return bad("port must be a number from 0 to 65535");
-  return std::pair<std::string, int>(std::string(host), port);
 }
 
 Result<NodeConfig> parse_node_config(std::string_view yaml, std::string_view source,

@@ -64,8 +64,6 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text);
 // "1073741824", "50GB", "20GiB" (kB MB GB TB: powers of 1000; KiB MiB GiB TiB: of 1024).
 // Errors: invalid_argument (also on overflow).
 Result<std::uint64_t> parse_size(std::string_view text);
-// "HOST:PORT" or "[IPv6]:PORT", port 0-65535. Errors: invalid_argument naming the text.
-Result<std::pair<std::string, int>> parse_listen(std::string_view text);
 
 // Parses config YAML. `source` names the document in errors ("node.yaml:12: workers[0].replicas:
 // must be an integer from 0 to 1000"); relative paths (data_dir, token_file, ca_file) are

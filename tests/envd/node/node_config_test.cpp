@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "envd/util/listen_address.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -271,11 +272,12 @@ TEST_CASE("node config: durations, sizes and listen addresses") {
     CAPTURE(bad);
     CHECK_FALSE(parse_size(bad).has_value());
   }
-  CHECK(parse_listen("0.0.0.0:9100").value() == std::pair<std::string, int>("0.0.0.0", 9100));
-  CHECK(parse_listen("[::1]:0").value() == std::pair<std::string, int>("::1", 0));
+  CHECK(parse_listen_address("0.0.0.0:9100").value() ==
+        std::pair<std::string, int>("0.0.0.0", 9100));
+  CHECK(parse_listen_address("[::1]:0").value() == std::pair<std::string, int>("::1", 0));
   for (const char* bad : {"9100", ":9100", "::1:9100", "[::1:9100", "host:x", "host:-1"}) {
     CAPTURE(bad);
-    CHECK_FALSE(parse_listen(bad).has_value());
+    CHECK_FALSE(parse_listen_address(bad).has_value());
   }
   CHECK(parse_restart_policy("on-failure").value() == RestartPolicy::on_failure);
   CHECK_FALSE(parse_restart_policy("on_failure").has_value());
