@@ -18,6 +18,9 @@ namespace envd::node {
 namespace {
 
 constexpr std::size_t k_copy_buffer = 256 * 1024;
+// Deferred commits older than this are settled by the next pull: by then the kernel has written
+// their data back (dirty pages expire after 30 s by default), so the syncfs() costs little.
+constexpr std::chrono::seconds k_settle_age{60};
 
 // Where manifests and blobs come from: a registry repository or a local store.
 class Origin {
@@ -257,7 +260,7 @@ struct ImagePuller::Impl {
   // continues with Range from there.
   Result<LayerOutcome> fetch_and_unpack(Origin& origin, const LayerRecord& layer,
                                         LayerCompression compression, const std::string& what,
-                                        PullProgress* progress) {
+                                        NodeStore::Durability durability, PullProgress* progress) {
     auto& blobs = store.blobs();
     for (int attempt = 0;; ++attempt) {
       ENVD_TRY(auto staging, store.make_staging("layer"));
@@ -294,13 +297,13 @@ struct ImagePuller::Impl {
       }
       ENVD_TRY(auto stats, unpacker->finish());
       ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries));
-      ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id)));
+      ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id), durability));
       return LayerOutcome{true, fetched->bytes_fetched};
     }
   }
 
   Result<LayerOutcome> pull_layer(Origin& origin, const LayerRecord& layer, const std::string& what,
-                                  PullProgress* progress) {
+                                  NodeStore::Durability durability, PullProgress* progress) {
     ENVD_TRY(auto layer_lock, store.lock(LockKind::layer, layer.diff_id));
     if (store.has_layer(layer.diff_id)) return LayerOutcome{};
     ENVD_TRY(auto compression, layer_compression(layer.blob.media_type));
@@ -312,7 +315,7 @@ struct ImagePuller::Impl {
       ENVD_TRY(present, have_blob(layer.blob));
       if (!present) {
         if (progress != nullptr) progress->bytes_to_fetch += layer.blob.size;
-        return fetch_and_unpack(origin, layer, compression, what, progress);
+        return fetch_and_unpack(origin, layer, compression, what, durability, progress);
       }
     }
     // The blob is here (an earlier pull kept it): unpack from disk.
@@ -320,14 +323,14 @@ struct ImagePuller::Impl {
     ENVD_TRY(auto stats, unpack_layer_file(*blobs.path_of(layer.blob.digest), staging.path(),
                                            compression, layer.diff_id, options.limits, "unpack"));
     ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries));
-    ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id)));
+    ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id), durability));
     return LayerOutcome{};
   }
 
   // Every layer, options.client.parallel_transfers at a time; the first failure stops new ones.
   Result<LayerOutcome> pull_layers(Origin& origin, const std::vector<LayerRecord>& layers,
-                                   const std::string& image, PullProgress* progress,
-                                   std::size_t& fetched_count) {
+                                   const std::string& image, NodeStore::Durability durability,
+                                   PullProgress* progress, std::size_t& fetched_count) {
     std::atomic<std::size_t> next{0};
     std::mutex mutex;
     std::optional<Error> failure;
@@ -343,7 +346,7 @@ struct ImagePuller::Impl {
         const auto& layer = layers[i];
         std::string label = "layer " + std::to_string(i + 1) + "/" + std::to_string(layers.size()) +
                             " " + layer.blob.digest.str();
-        auto r = pull_layer(origin, layer, label + " of " + image, progress);
+        auto r = pull_layer(origin, layer, label + " of " + image, durability, progress);
         std::lock_guard guard(mutex);
         if (!r) {
           if (!failure) failure = r.error().with_context(label);
@@ -364,7 +367,7 @@ struct ImagePuller::Impl {
   }
 
   Result<void> assemble(const oci::Digest& manifest, const std::vector<LayerRecord>& layers,
-                        const std::string& config_json) {
+                        const std::string& config_json, NodeStore::Durability durability) {
     ENVD_TRY(auto lock, store.lock(LockKind::env, manifest));
     if (store.has_env(manifest)) return {};
     ENVD_TRY(auto staging, store.make_staging("env"));
@@ -373,8 +376,9 @@ struct ImagePuller::Impl {
     auto stats = assemble_rootfs(dirs, staging.path() / "rootfs");
     if (!stats) return stats.error().with_context("assemble environment");
     ENVD_TRY_VOID(write_file_atomic(staging.path() / "image.json", config_json));
-    ENVD_TRY_VOID(fsync_directory(staging.path()));
-    return store.commit_staging(staging, store.env_dir(manifest));
+    if (durability == NodeStore::Durability::durable)
+      ENVD_TRY_VOID(fsync_directory(staging.path()));
+    return store.commit_staging(staging, store.env_dir(manifest), durability);
   }
 
   Result<PulledImage> to_pulled(const ImageRecord& rec, const std::string& reference) {
@@ -423,9 +427,23 @@ struct ImagePuller::Impl {
     if (progress != nullptr) progress->layers_total = layers.size();
 
     if (!store.has_env(manifest.digest)) {
-      ENVD_TRY(auto got, pull_layers(*origin, layers, canonical, progress, fetched_count));
+      // What this pull may create is committed without waiting for the disk, under a record that
+      // a restart before the next settle turns into their removal (deferred_sync.hpp). Records
+      // of earlier pulls old enough for the kernel to have written their data back are settled
+      // first: a cheap syncfs() then.
+      (void)store.settle_deferred_sync(k_settle_age);
+      std::vector<std::filesystem::path> creates;
+      for (const auto& l : layers)
+        if (!store.has_layer(l.diff_id)) creates.push_back(store.layer_dir(l.diff_id));
+      creates.push_back(store.env_dir(manifest.digest));
+      ENVD_TRY(auto record, store.begin_deferred_sync(creates));
+      auto durability =
+          record.active() ? NodeStore::Durability::deferred : NodeStore::Durability::durable;
+      ENVD_TRY(auto got,
+               pull_layers(*origin, layers, canonical, durability, progress, fetched_count));
       bytes += got.bytes;
-      ENVD_TRY_VOID(assemble(manifest.digest, layers, *config_json));
+      ENVD_TRY_VOID(assemble(manifest.digest, layers, *config_json, durability));
+      record.finish();
     } else if (progress != nullptr) {
       progress->layers_done = layers.size();
     }

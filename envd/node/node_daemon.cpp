@@ -29,6 +29,7 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr std::string_view k_component = "node";
+constexpr std::chrono::seconds k_settle_interval{30};
 constexpr const char* k_system_ca_bundle = "/etc/ssl/certs/ca-certificates.crt";
 
 std::int64_t unix_now() {
@@ -355,6 +356,7 @@ struct NodeDaemon::Impl {
 
   void housekeep() {
     auto next_gc = Clock::now() + config.gc_interval;
+    auto next_settle = Clock::now() + k_settle_interval;
     for (;;) {
       {
         std::unique_lock lock(mutex);
@@ -370,6 +372,15 @@ struct NodeDaemon::Impl {
       if (released || wanted || Clock::now() >= next_gc) {
         run_gc();
         next_gc = Clock::now() + config.gc_interval;
+      }
+      if (Clock::now() >= next_settle) {
+        // Pulls commit without waiting for the disk; make what they wrote durable now and then,
+        // so a restart of the machine does not discard it (deferred_sync.hpp).
+        auto settled = puller->store().settle_deferred_sync(std::chrono::seconds(0));
+        if (!settled)
+          log::warn(k_component, "could not make pulled content durable",
+                    {{"error", settled.error().message()}});
+        next_settle = Clock::now() + k_settle_interval;
       }
     }
   }

@@ -359,6 +359,13 @@ Result<std::unique_ptr<NodeStore>> NodeStore::open(const fs::path& dir, NodeStor
   if (!blobs) return blobs.error().with_context(what);
   impl->blobs = std::move(*blobs);
   if (auto r = impl->clean_staging(); !r) return r.error().with_context(what);
+  if (!impl->options.boot_id) impl->options.boot_id = current_boot_id();
+  if (!impl->options.boot_id->empty()) {
+    Impl& im = *impl;
+    auto recovered = recover_deferred_sync(im.dir, *im.options.boot_id,
+                                           [&im](const fs::path& p) { return im.retire(p); });
+    if (!recovered) return recovered.error().with_context(what);
+  }
 
   fs::path db_path = impl->dir / "state.sqlite";
   if (sqlite3_open_v2(db_path.c_str(), &impl->db,
@@ -425,10 +432,12 @@ Result<StagingDir> NodeStore::make_staging(std::string_view purpose) {
   return Error(ErrorCode::io, "create staging in " + m_impl->staging().string() + ": no free name");
 }
 
-Result<void> NodeStore::commit_staging(StagingDir& staging, const fs::path& final_path) {
+Result<void> NodeStore::commit_staging(StagingDir& staging, const fs::path& final_path,
+                                       Durability durability) {
   // The tree's data must be on disk before its name says it is complete: one syncfs() flushes
   // the whole file system (cheaper than an fsync per file of a layer with thousands of them).
-  {
+  // Deferred: a record already names `final_path`, and a restart before the next settle removes it.
+  if (durability == Durability::durable) {
     int fd = ::open(staging.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return Error::from_errno("open " + staging.path().string(), errno);
     UniqueFd dir_fd(fd);
@@ -441,7 +450,23 @@ Result<void> NodeStore::commit_staging(StagingDir& staging, const fs::path& fina
                              errno);
   }
   staging.mark_committed();
+  if (durability == Durability::deferred) return {};
   return fsync_directory(final_path.parent_path());
+}
+
+Result<DeferredSyncRecord> NodeStore::begin_deferred_sync(
+    const std::vector<fs::path>& final_paths) {
+  const std::string& boot = *m_impl->options.boot_id;
+  if (boot.empty()) return DeferredSyncRecord();
+  std::vector<std::string> entries;
+  for (const auto& p : final_paths) entries.push_back(p.lexically_relative(m_impl->dir).string());
+  return node::begin_deferred_sync(m_impl->dir, boot, entries);
+}
+
+Result<std::size_t> NodeStore::settle_deferred_sync(std::chrono::seconds min_age) {
+  const std::string& boot = *m_impl->options.boot_id;
+  if (boot.empty()) return std::size_t{0};
+  return node::settle_deferred_sync(m_impl->dir, boot, min_age);
 }
 
 Result<FileLock> NodeStore::lock(LockKind kind, const oci::Digest& digest) {

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "envd/node/deferred_sync.hpp"
 #include "envd/oci/digest.hpp"
 #include "envd/oci/image.hpp"
 #include "envd/store/fs_blob_store.hpp"
@@ -112,6 +113,9 @@ class ImageLease {
 struct NodeStoreOptions {
   // Unix seconds now; tests inject a fake clock.
   std::function<std::int64_t()> now;
+  // The kernel's boot id (deferred_sync.hpp); nullopt: read it. Tests inject one to simulate a
+  // reboot. Empty: unknown, so every commit is durable at once.
+  std::optional<std::string> boot_id;
 };
 
 struct GcOptions {
@@ -160,10 +164,21 @@ class NodeStore {
 
   // A fresh empty staging directory (DIR/staging/<purpose>-<random>). Errors: io.
   Result<StagingDir> make_staging(std::string_view purpose);
-  // Renames `staging` to `final_path` (a layer or env dir) and fsyncs the parent. When
-  // `final_path` already exists (another process won), the staging dir is dropped and this
-  // succeeds. Errors: io.
-  Result<void> commit_staging(StagingDir& staging, const std::filesystem::path& final_path);
+  // Renames `staging` to `final_path` (a layer or env dir). Durable: after a syncfs() of the
+  // tree's data, then an fsync of the parent; deferred: the rename only, for a `final_path` listed
+  // in a record of begin_deferred_sync(). When `final_path` already exists (another process won),
+  // the staging dir is dropped and this succeeds. Errors: io.
+  enum class Durability { durable, deferred };
+  Result<void> commit_staging(StagingDir& staging, const std::filesystem::path& final_path,
+                              Durability durability = Durability::durable);
+  // A record covering `final_paths` (layer and env dirs of this store) for commits without
+  // syncfs (deferred_sync.hpp), or an inactive one when the boot id is unknown: then commit
+  // durably. Errors: io, invalid_argument (a path that is not a layer or env dir of this store).
+  Result<DeferredSyncRecord> begin_deferred_sync(
+      const std::vector<std::filesystem::path>& final_paths);
+  // Makes deferred commits of this boot at least `min_age` old durable (one syncfs when there are
+  // any) and drops their records. Returns how many records were settled. Errors: io.
+  Result<std::size_t> settle_deferred_sync(std::chrono::seconds min_age);
 
   // Exclusive lock serialising the download, unpack or assembly of one digest, across threads
   // and processes. Blocks. Errors: io.

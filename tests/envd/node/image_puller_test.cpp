@@ -293,6 +293,43 @@ TEST_CASE("a second image differing in one layer fetches only that layer, manife
   CHECK(test::read_file(pulled->rootfs / "srv/main.py") == "main\n");
 }
 
+TEST_CASE("a pull commits without syncfs under a record; a reboot before settling redoes it") {
+  Fixture f;
+  auto base = test::forge_layer(base_entries());
+  auto pub = publish(f.reg, "team/env", "v1", ImageSpec{{base}});
+  REQUIRE(f.puller->pull(f.ref("team/env:v1")));
+  // The record names the layer and the environment; nothing settles it within a minute.
+  REQUIRE(fs::exists(f.data / "unsynced"));
+  std::vector<fs::path> records;
+  for (const auto& e : fs::directory_iterator(f.data / "unsynced")) records.push_back(e.path());
+  REQUIRE(records.size() == 1);
+  std::string text = test::read_file(records[0]);
+  CHECK(text.find("layers/" + std::string(base.diff_id.hex())) != std::string::npos);
+  CHECK(text.find("envs/" + std::string(pub.manifest.hex())) != std::string::npos);
+
+  // The machine restarts before a settle: what the record lists may have lost data, so it goes.
+  auto rebooted = NodeStore::open(f.data, NodeStoreOptions{{}, std::string("another-boot")});
+  REQUIRE(rebooted);
+  CHECK_FALSE((*rebooted)->has_env(pub.manifest));
+  CHECK_FALSE((*rebooted)->has_layer(base.diff_id));
+  CHECK(fs::is_empty(f.data / "unsynced"));
+  // ensure() assembles it again, from the compressed layer kept in the (durable) blob store.
+  auto puller = f.make_puller(**rebooted);
+  f.proxy.reset();
+  auto again = puller->ensure(f.ref("team/env:v1"));
+  REQUIRE_MESSAGE(again, why(again));
+  CHECK(f.proxy.blob_gets() == 0);
+  CHECK(test::read_file(again->rootfs / "usr/bin/tool") == "#!/bin/sh\necho tool\n");
+  // Settled (as `node serve` does every 30 s), the record is gone and a restart keeps it all.
+  auto settled = (*rebooted)->settle_deferred_sync(std::chrono::seconds(0));
+  REQUIRE(settled);
+  CHECK(*settled == 1);
+  auto later = NodeStore::open(f.data, NodeStoreOptions{{}, std::string("third-boot")});
+  REQUIRE(later);
+  CHECK((*later)->has_env(pub.manifest));
+  CHECK((*later)->has_layer(base.diff_id));
+}
+
 TEST_CASE("a layer of several MiB arrives in gathered chunks: stored, unpacked and counted whole") {
   Fixture f;
   using E = ForgeEntry;
