@@ -65,7 +65,8 @@ Result<std::vector<std::string>> list_records(const fs::path& rdir) {
   return out;
 }
 
-// An exclusive flock() on `path` if nobody holds one; an invalid fd otherwise (or when it vanished).
+// An exclusive flock() on `path` if nobody holds one; an invalid fd otherwise (or when it
+// vanished).
 UniqueFd try_lock(const fs::path& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd.valid()) return fd;
@@ -90,8 +91,8 @@ Result<DeferredSyncRecord> begin_deferred_sync(const fs::path& dir, std::string_
   content += '\n';
   for (const auto& e : entries) {
     if (!is_entry(e))
-      return Error(ErrorCode::invalid_argument, "unsynced record entry \"" + e +
-                                                    "\": not layers/<hex> or envs/<hex>");
+      return Error(ErrorCode::invalid_argument,
+                   "unsynced record entry \"" + e + "\": not layers/<hex> or envs/<hex>");
     content += e + '\n';
   }
   fs::path rdir = records_dir(dir);

@@ -38,8 +38,7 @@ TEST_CASE("the boot id is the kernel's") {
 
 TEST_CASE("a record lists its entries under this boot's name and refuses other entries") {
   ScratchDir dir;
-  auto rec = begin_deferred_sync(dir.path(), "boot-1",
-                                 {"layers/" + k_hex_a, "envs/" + k_hex_b});
+  auto rec = begin_deferred_sync(dir.path(), "boot-1", {"layers/" + k_hex_a, "envs/" + k_hex_b});
   REQUIRE_MESSAGE(rec, (rec ? "" : rec.error().message()));
   CHECK(rec->active());
   auto names = records(dir.path());
@@ -48,8 +47,9 @@ TEST_CASE("a record lists its entries under this boot's name and refuses other e
   CHECK(test::read_file(dir / "unsynced" / names[0]) ==
         "envd-unsynced 1\nlayers/" + k_hex_a + "\nenvs/" + k_hex_b + "\n");
 
-  for (const std::string& bad : std::vector<std::string>{"layers/../x", "blobs/" + k_hex_a, "layers/" + k_hex_a + "/x",
-                          "envs/" + std::string(64, 'A'), "/abs"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"layers/../x", "blobs/" + k_hex_a, "layers/" + k_hex_a + "/x",
+                                "envs/" + std::string(64, 'A'), "/abs"}) {
     auto r = begin_deferred_sync(dir.path(), "boot-1", {bad});
     REQUIRE_FALSE(r);
     CHECK(r.error().code() == ErrorCode::invalid_argument);
@@ -98,7 +98,8 @@ TEST_CASE("a failing removal keeps the record for the next open") {
   CHECK(records(dir.path()).size() == 1);
 }
 
-TEST_CASE("settle: records of finished pulls go after a syncfs; held, young and foreign ones stay") {
+TEST_CASE(
+    "settle: records of finished pulls go after a syncfs; held, young and foreign ones stay") {
   ScratchDir dir;
   auto running = begin_deferred_sync(dir.path(), "boot-2", {"layers/" + k_hex_a});
   REQUIRE(running);
