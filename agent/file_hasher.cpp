@@ -161,6 +161,7 @@ class WalkReader final : public ContentReader {
       file.type = snapshot::FileType::regular;
       file.mode = st.st_mode & 07777;
       file.key = stat_key(st);
+      file.nlink = static_cast<std::uint64_t>(st.st_nlink);
       if (found->key == file.key) {
         file.digest = found->digest;
         count(file.key.size, false);
@@ -204,6 +205,7 @@ class WalkReader final : public ContentReader {
     file.type = snapshot::FileType::regular;
     file.mode = st.st_mode & 07777;
     file.key = key;
+    file.nlink = static_cast<std::uint64_t>(st.st_nlink);
     file.digest = hashed->digest;
     count(key.size, true);
     return true;

@@ -16,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 namespace envd::agent {
 namespace {
@@ -37,6 +38,7 @@ std::string read_link_at(int dirfd, const char* name, std::size_t size_hint) {
 bool fill(WalkedFile& out, const struct stat& st, int dirfd, const char* name) {
   out.mode = st.st_mode & 07777;
   out.key = stat_key(st);
+  out.nlink = static_cast<std::uint64_t>(st.st_nlink);
   if (S_ISREG(st.st_mode)) {
     out.type = snapshot::FileType::regular;
     return true;
@@ -205,6 +207,30 @@ StatKey stat_key(const struct ::stat& st) {
   };
   return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
                  static_cast<std::uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
+}
+
+void HardLinkFinder::finish() {
+  if (m_noted.size() < 2) return;
+  // By inode, then by path: each group starts with its first path.
+  std::sort(m_noted.begin(), m_noted.end(), [](const Noted& a, const Noted& b) {
+    if (a.dev != b.dev || a.ino != b.ino) return std::pair(a.dev, a.ino) < std::pair(b.dev, b.ino);
+    return a.entry->path < b.entry->path;
+  });
+  for (std::size_t g = 0; g < m_noted.size();) {
+    std::size_t end = g + 1;
+    while (end < m_noted.size() && m_noted[end].dev == m_noted[g].dev &&
+           m_noted[end].ino == m_noted[g].ino)
+      ++end;
+    const snapshot::FileEntry& first = *m_noted[g].entry;
+    for (std::size_t k = g + 1; k < end; ++k) {
+      snapshot::FileEntry& f = *m_noted[k].entry;
+      if (f.digest && first.digest && *f.digest == *first.digest && f.size == first.size &&
+          f.mode == first.mode)
+        f.link = first.path;
+    }
+    g = end;
+  }
+  m_noted.clear();
 }
 
 snapshot::FileEntry to_file_entry(WalkedFile&& w) {

@@ -34,12 +34,40 @@ struct WalkedFile {
   snapshot::FileType type = snapshot::FileType::regular;
   std::uint32_t mode = 0;  // permission bits
   StatKey key;
+  std::uint64_t nlink = 1;            // st_nlink of the stat that found it (not in the cache key)
   std::string target;                 // symlink target
   std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files, walk_and_hash)
 };
 
 // The StatKey of an lstat/fstat result.
 StatKey stat_key(const struct ::stat& st);
+
+// Finds the hard links among one root's files while they become snapshot entries, and sets
+// snapshot::FileEntry::link: on each regular file sharing its device and inode with other noted
+// files, the path of the first of them in byte order (which gets no link). Other links of a
+// file that are not noted (outside the root, ignored) do not count, so a file whose only other
+// links are elsewhere gets no link. A file whose digest, size or mode differs from its first
+// one's (it changed while the root was read) is left unlinked. Only files with nlink > 1 are
+// kept: a root without hard links costs one comparison per file, in a loop the caller has anyway.
+class HardLinkFinder {
+ public:
+  // `entry` is `walked` as a snapshot entry (to_file_entry; `walked` may be the moved-from
+  // original, whose stat fields are intact). It must stay at its address until finish().
+  void note(const WalkedFile& walked, snapshot::FileEntry& entry) {
+    if (walked.nlink > 1 && entry.type == snapshot::FileType::regular)
+      m_noted.push_back({walked.key.dev, walked.key.ino, &entry});
+  }
+  // Sets the links of the files noted, in any order of noting.
+  void finish();
+
+ private:
+  struct Noted {
+    std::uint64_t dev;
+    std::uint64_t ino;
+    snapshot::FileEntry* entry;
+  };
+  std::vector<Noted> m_noted;
+};
 
 // The snapshot entry of a walked (and, for regular files, hashed) file; moves its strings.
 snapshot::FileEntry to_file_entry(WalkedFile&& file);

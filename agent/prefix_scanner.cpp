@@ -46,7 +46,8 @@ Result<std::vector<PackageRecord>> read_records(const std::filesystem::path& pre
   return records;
 }
 
-// Distributes hashed `files` over `records`; what no record claims is unowned.
+// Distributes hashed `files` over `records`; what no record claims is unowned. Hard links are
+// found over the whole prefix: packages and unowned files share the prefix as their root.
 void assemble(Environment& env, std::vector<WalkedFile>& files, std::vector<PackageRecord>& records,
               ScanContext& ctx) {
   const std::filesystem::path prefix(env.prefix);
@@ -93,10 +94,12 @@ void assemble(Environment& env, std::vector<WalkedFile>& files, std::vector<Pack
     owned_total += owned_count[r];
   }
   env.unowned.reserve(env.unowned.size() + files.size() - owned_total);
+  HardLinkFinder links;  // the entries stay where they are put below: every list is reserved
   for (std::size_t i = 0; i < files.size(); ++i) {
     auto entry = to_file_entry(std::move(files[i]));
     if (owner[i] < 0) {
       env.unowned.push_back(std::move(entry));
+      links.note(files[i], env.unowned.back());
       continue;
     }
     auto& rec = records[static_cast<std::size_t>(owner[i])];
@@ -106,7 +109,9 @@ void assemble(Environment& env, std::vector<WalkedFile>& files, std::vector<Pack
       pkg.modified.push_back(entry.path);
     }
     pkg.files.push_back(std::move(entry));
+    links.note(files[i], pkg.files.back());
   }
+  links.finish();
   std::sort(packages.begin(), packages.end(), snapshot::package_before);
   env.packages = std::move(packages);
 }

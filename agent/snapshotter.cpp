@@ -89,7 +89,12 @@ Result<snapshot::SourceTree> scan_source(const std::filesystem::path& root,
   tree.dirty = listing.dirty;
   tree.ignored = listing.ignored;
   tree.files.reserve(files.size());
-  for (auto& f : files) tree.files.push_back(to_file_entry(std::move(f)));
+  HardLinkFinder links;  // among the listed files only: ignored ones are no members
+  for (auto& f : files) {
+    tree.files.push_back(to_file_entry(std::move(f)));
+    links.note(f, tree.files.back());
+  }
+  links.finish();
   return tree;
 }
 

@@ -29,6 +29,11 @@ struct LayerEntry {
   std::string target;                 // symlink: the target, as stored
   std::string
       source;  // absolute path on this machine to read from; empty: the blob store by digest
+  // Regular: the image path (same form as `path`) of the first file of this file's hard link
+  // group (snapshot::FileEntry::link under the root's image prefix); empty when not linked. The
+  // group's first file has no link either: a file is in a group when it has a link or another
+  // entry's link names it. See write_layer for what a layer makes of it.
+  std::string link;
 
   friend bool operator==(const LayerEntry&, const LayerEntry&) = default;
 };

@@ -58,11 +58,14 @@ int compare_joined(std::string_view a1, std::string_view a2, std::string_view b1
   }
 }
 
-// What the key hashes for one entry, the image path given in two parts; layer_key and the plan
-// both use it, so a planned layer's key equals the key of its materialised entries.
+// What the key hashes for one entry, the image path and the link given in two parts; layer_key
+// and the plan both use it, so a planned layer's key equals the key of its materialised entries.
+// A hard link adds "\0<image path of the link>" after the digest, only when set: the keys of
+// layers without links are those from before links existed, and so are their layers.
 void hash_entry(oci::Sha256& h, std::string_view prefix, std::string_view path,
                 snapshot::FileType type, std::uint32_t mode,
-                const std::optional<oci::Digest>& digest, std::string_view target) {
+                const std::optional<oci::Digest>& digest, std::string_view target,
+                std::string_view link_prefix, std::string_view link) {
   h.update(prefix);
   h.update(path);
   h.update("\0", 1);
@@ -81,6 +84,11 @@ void hash_entry(oci::Sha256& h, std::string_view prefix, std::string_view path,
   h.update(p, static_cast<std::size_t>(end - p));
   if (type == snapshot::FileType::regular) {
     h.update(digest ? digest->view() : std::string_view());
+    if (!link.empty()) {
+      h.update("\0", 1);
+      h.update(link_prefix);
+      h.update(link);
+    }
   } else {
     h.update(target);
   }
@@ -121,7 +129,8 @@ PlannedLayer finish(std::string name, const std::vector<const Unit*>& units) {
   h.update("\n", 1);
   for (const auto& pf : layer.files) {
     const auto& f = *pf.file;
-    hash_entry(h, layer.roots[pf.root].image_prefix, f.path, f.type, f.mode, f.digest, f.target);
+    const std::string& prefix = layer.roots[pf.root].image_prefix;
+    hash_entry(h, prefix, f.path, f.type, f.mode, f.digest, f.target, prefix, f.link);
   }
   layer.key = h.finish();
   return layer;
@@ -143,6 +152,7 @@ std::vector<LayerEntry> PlannedLayer::entries() const {
     e.size = f.size;
     e.digest = f.digest;
     e.target = f.target;
+    if (!f.link.empty()) e.link = root.image_prefix + f.link;
     e.source = root.root == "/" ? "/" + f.path : root.root + "/" + f.path;
     out.push_back(std::move(e));
   }
@@ -153,7 +163,8 @@ oci::Digest layer_key(const std::vector<LayerEntry>& entries, std::string_view f
   oci::Sha256 h;
   h.update(format);
   h.update("\n", 1);
-  for (const auto& e : entries) hash_entry(h, {}, e.path, e.type, e.mode, e.digest, e.target);
+  for (const auto& e : entries)
+    hash_entry(h, {}, e.path, e.type, e.mode, e.digest, e.target, {}, e.link);
   return h.finish();
 }
 

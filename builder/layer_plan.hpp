@@ -47,8 +47,8 @@ struct PlannedLayer {
   std::vector<PlannedRoot> roots;
   std::uint64_t bytes = 0;
   // Digest over everything that decides the layer's bytes (paths, types, modes, content digests,
-  // symlink targets, the layer format version): equal keys give equal layers. Equal to
-  // layer_key(entries(), k_layer_format).
+  // symlink targets, hard links, the layer format version): equal keys give equal layers. Equal
+  // to layer_key(entries(), k_layer_format).
   oci::Digest key = oci::sha256_of("");
 
   // The layer's entries, sorted by path, with `source` set to the file's own path. Pure.

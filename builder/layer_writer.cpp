@@ -343,9 +343,12 @@ class TarWriter {
   }
 
   // Writes one header. mtime 0 unless given; no atime/ctime; uid/gid 0 with no user/group names
-  // (names would be resolved against the image's /etc/passwd, numbers are what we mean).
+  // (names would be resolved against the image's /etc/passwd, numbers are what we mean). For a
+  // regular file, a non-empty `hardlink` makes it a hard link entry to that earlier path (type
+  // '1', no data: the caller passes size 0).
   Result<void> header(std::string_view path, unsigned type, std::uint32_t mode, std::int64_t mtime,
-                      std::uint64_t size, const std::string& target) {
+                      std::uint64_t size, const std::string& target,
+                      const std::string& hardlink = std::string()) {
     ::archive_entry_clear(m_entry);
     std::string name(path);
     ::archive_entry_copy_pathname(m_entry, name.c_str());
@@ -356,6 +359,7 @@ class TarWriter {
     ::archive_entry_set_mtime(m_entry, mtime, 0);
     ::archive_entry_set_size(m_entry, static_cast<la_int64_t>(size));
     if (type == AE_IFLNK) ::archive_entry_copy_symlink(m_entry, target.c_str());
+    if (!hardlink.empty()) ::archive_entry_copy_hardlink(m_entry, hardlink.c_str());
     // ARCHIVE_WARN (a name that is not valid UTF-8, written as hdrcharset=BINARY) is still a
     // written header, but one no snapshot can describe: refuse it.
     int rc = ::archive_write_header(m_archive, m_entry);
@@ -467,6 +471,11 @@ Result<void> validate(const std::vector<LayerEntry>& entries) {
         (e.target.empty() || e.target.find('\0') != std::string::npos)) {
       return bad("symlink target is empty or contains NUL");
     }
+    if (!e.link.empty()) {
+      if (e.type != snapshot::FileType::regular) return bad("only regular files have a link");
+      if (!is_normalised(e.link) || e.link == e.path)
+        return bad("link " + e.link + " is not normalised or names the file itself");
+    }
     ENVD_TRY_VOID(walk.enter(e.path, [&](std::string_view dir) -> Result<void> {
       if (contains_path(entries, dir))
         return bad(std::string(dir) + " is also a file in this layer");
@@ -546,6 +555,39 @@ Result<std::unordered_map<std::size_t, std::uint32_t>> py_source_mtimes(
   return mtimes;
 }
 
+// The hard link groups of a layer's entries (LayerEntry::link) and, per group, the entry written
+// first with its content, which the group's later entries link to. Entries are written in path
+// order, so that is the group's first member when this layer has it, else the first of the
+// members this layer has: a group split over layers has its content once in each.
+class HardLinks {
+ public:
+  explicit HardLinks(const std::vector<LayerEntry>& entries) {
+    for (const LayerEntry& e : entries)
+      if (!e.link.empty()) m_first.emplace(e.link, nullptr);
+  }
+
+  // For regular `e` about to be written: the path of the earlier entry to write it as a hard link
+  // to, or null to write it with its content (then it becomes its group's first written entry).
+  // An earlier entry of another digest or size (impossible from a valid snapshot, bar nested
+  // roots naming one path twice) is not linked to: `e` gets its content, never another's.
+  const std::string* link_for(const LayerEntry& e) {
+    if (m_first.empty()) return nullptr;
+    auto it = m_first.find(e.link.empty() ? std::string_view(e.path) : std::string_view(e.link));
+    if (it == m_first.end()) return nullptr;  // in no group
+    const LayerEntry* first = it->second;
+    if (first == nullptr) {
+      it->second = &e;
+      return nullptr;
+    }
+    if (first->digest != e.digest || first->size != e.size) return nullptr;
+    return &first->path;
+  }
+
+ private:
+  // Group (the image path of its first member) -> first entry written; keys point into entries.
+  std::unordered_map<std::string_view, const LayerEntry*> m_first;
+};
+
 }  // namespace
 
 std::string_view media_type_for(Compression compression) {
@@ -576,6 +618,7 @@ Result<BuiltLayer> write_layer(const std::vector<LayerEntry>& entries, ContentSo
   ENVD_TRY_VOID(tar.open(tar_out));
 
   DirectoryWalk walk;
+  HardLinks hard_links(entries);
   const std::string no_target;
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const LayerEntry& e = entries[i];
@@ -587,8 +630,12 @@ Result<BuiltLayer> write_layer(const std::vector<LayerEntry>& entries, ContentSo
       continue;
     }
     auto mtime = mtimes.find(i);
-    ENVD_TRY_VOID(tar.header(e.path, AE_IFREG, e.mode, mtime == mtimes.end() ? 0 : mtime->second,
-                             e.size, no_target));
+    const std::int64_t file_mtime = mtime == mtimes.end() ? 0 : mtime->second;
+    if (const std::string* first = hard_links.link_for(e)) {
+      ENVD_TRY_VOID(tar.header(e.path, AE_IFREG, e.mode, file_mtime, 0, no_target, *first));
+      continue;
+    }
+    ENVD_TRY_VOID(tar.header(e.path, AE_IFREG, e.mode, file_mtime, e.size, no_target));
     // libarchive would silently truncate extra bytes and zero-pad missing ones: count them here
     // too, so even a ContentSource that does not verify cannot produce a wrong layer.
     std::uint64_t written = 0;

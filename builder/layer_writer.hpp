@@ -50,15 +50,19 @@ class CompressionContexts {
 // ancestor directory once before its children (0755), then the entries in the given order; uid
 // and gid 0 with empty names; modes masked to 0777 (no setuid/setgid/sticky); mtime 0, except a
 // .py whose timestamp-based .pyc is in the same layer, which gets the source mtime recorded in
-// that .pyc so the bytecode stays valid (see layer_writer.cpp). gzip and zstd are produced by
-// zlib and libzstd with fixed parameters, so the blob digest, too, depends only on the content.
-// Hashing and compression happen while streaming: memory stays bounded whatever the layer size
-// (apart from what `out` itself buffers).
+// that .pyc so the bytecode stays valid (see layer_writer.cpp). Hard links (LayerEntry::link):
+// the first entry of a link group written in this layer has the content, the group's later
+// entries in this layer are hard link entries to its path, without data; a group split over
+// layers has its content once in each. gzip and zstd are produced by zlib and libzstd with fixed
+// parameters, so the blob digest, too, depends only on the content. Hashing and compression
+// happen while streaming: memory stays bounded whatever the layer size (apart from what `out`
+// itself buffers).
 //
 // Errors, with nothing committed: invalid_argument (entries unsorted, duplicated or not
 // normalised; a path that is both a file and a directory; a regular file without digest; an empty
-// symlink target), digest_mismatch naming the file (content differs from entry.digest or
-// entry.size), any error of `content` (not_found naming a missing source, ...), io from `out`.
+// symlink target; a link on a symlink, not normalised or naming the entry itself),
+// digest_mismatch naming the file (content differs from entry.digest or entry.size), any error of
+// `content` (not_found naming a missing source, ...), io from `out`.
 //
 // Thread-safe for distinct calls (layers are built in parallel) provided `content` is.
 // `contexts`, when given, lends the compression context (the bytes written do not depend on it).

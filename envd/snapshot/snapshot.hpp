@@ -27,6 +27,11 @@ struct FileEntry {
   std::uint64_t size = 0;             // regular: bytes; symlink: 0
   std::uint32_t mode = 0;             // permission bits (07777)
   std::string target;                 // symlink target, as stored (may point anywhere)
+  // Regular files only: when this file is a hard link of other regular files listed under the
+  // same root (same device and inode), the root-relative path of the group's first member in
+  // byte order; empty for that first member and for a file with no such link. A linked file's
+  // digest, size and mode equal its first member's.
+  std::string link;
 
   friend bool operator==(const FileEntry&, const FileEntry&) = default;
 };
@@ -106,7 +111,8 @@ struct Snapshot {
 
 // Whole document, canonical JSON (sorted keys, no whitespace). Errors: invalid_argument naming
 // the JSON location when the snapshot is one parse() would reject: a string (e.g. a file name)
-// that is not valid UTF-8, a regular file without digest, an unsafe or unsorted path, a bad mode.
+// that is not valid UTF-8, a regular file without digest, an unsafe or unsorted path, a bad mode,
+// a bad hard link.
 Result<std::string> to_json(const Snapshot& snapshot);
 
 // to_json with the volatile fields (created, host, envd_version) written as "": the document an
@@ -118,8 +124,9 @@ Result<std::string> to_json_without_volatile(const Snapshot& snapshot);
 Result<oci::Digest> digest_of(const Snapshot& snapshot);
 
 // Parses and validates a document: media type, absolute roots, safe relative paths, valid
-// digests, regular files with digests and symlinks with targets. Errors: invalid_argument naming
-// the JSON location of the first problem.
+// digests, regular files with digests and symlinks with targets, hard links naming a file of
+// their own root (see FileEntry::link). Errors: invalid_argument naming the JSON location of the
+// first problem.
 Result<Snapshot> parse(std::string_view json);
 
 // The order of an environment's packages: by ASCII-lowercased name, then manager (conda first),

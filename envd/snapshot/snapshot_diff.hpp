@@ -12,7 +12,7 @@
 namespace envd::snapshot {
 
 // Paths (relative to their root) that appeared, disappeared or changed (content, size, mode,
-// type or symlink target), each list sorted.
+// type, symlink target or hard link), each list sorted.
 struct FileChanges {
   std::vector<std::string> added;
   std::vector<std::string> removed;

@@ -227,20 +227,29 @@ Result<void> write_absolute(CanonicalWriter& w, std::string_view p, const Where&
   return w.string(p, where);
 }
 
-// Keys: digest, mode, path, size, type (regular) or mode, path, target, type (symlink).
+// Keys: digest, link?, mode, path, size, type (regular) or mode, path, target, type (symlink).
+// "link" is written only when set, so the documents and digests of snapshots without hard links
+// are those written before the field existed.
 Result<void> write_file(CanonicalWriter& w, const FileEntry& f, const Where& where) {
   if (!is_safe_relative_path(f.path))
     return bad(location(where.member("path")),
                "unsafe path " + printable(f.path) + " (absolute, empty or with ..)");
   if (f.mode > 07777)
     return bad(location(where.member("mode")), "must be permission bits (<= 07777)");
+  if (!f.link.empty()) ENVD_TRY_VOID(check_link_fields(f, location(where.member("link"))));
   if (f.type == FileType::regular) {
     if (!f.digest)
       return bad(location(where.member("digest")),
                  "regular file " + printable(f.path) + " has no digest");
     w.raw("{\"digest\":\"");
     w.raw(f.digest->view());  // "sha256:" + lowercase hex: nothing to escape
-    w.raw("\",\"mode\":");
+    if (!f.link.empty()) {
+      w.raw("\",\"link\":");
+      ENVD_TRY_VOID(w.string(f.link, where.member("link")));
+      w.raw(",\"mode\":");
+    } else {
+      w.raw("\",\"mode\":");
+    }
     w.uint(f.mode);
     w.raw(",\"path\":");
     ENVD_TRY_VOID(w.string(f.path, where.member("path")));
@@ -333,7 +342,8 @@ Result<void> write_package(CanonicalWriter& w, const Package& p, const Where& wh
 
 // Keys: base_prefix?, kind, name, packages, partial, prefix, python_version,
 // system_site_packages, unowned.
-Result<void> write_environment(CanonicalWriter& w, const Environment& e, const Where& where) {
+Result<void> write_environment(CanonicalWriter& w, const Environment& e, const Where& where,
+                               LinkCheck links) {
   w.raw("{");
   if (e.base_prefix) {
     w.raw("\"base_prefix\":");
@@ -362,11 +372,13 @@ Result<void> write_environment(CanonicalWriter& w, const Environment& e, const W
   w.raw(",\"unowned\":");
   ENVD_TRY_VOID(write_files(w, e.unowned, where.member("unowned")));
   w.raw("}");
+  if (links == LinkCheck::full) ENVD_TRY_VOID(check_links(e, location(where)));
   return {};
 }
 
 // Keys: dirty, files, git_commit?, ignored, role, root.
-Result<void> write_source(CanonicalWriter& w, const SourceTree& s, const Where& where) {
+Result<void> write_source(CanonicalWriter& w, const SourceTree& s, const Where& where,
+                          LinkCheck links) {
   w.raw("{\"dirty\":");
   w.boolean(s.dirty);
   w.raw(",\"files\":");
@@ -391,6 +403,7 @@ Result<void> write_source(CanonicalWriter& w, const SourceTree& s, const Where& 
   w.raw("\",\"root\":");
   ENVD_TRY_VOID(write_absolute(w, s.root, where.member("root")));
   w.raw("}");
+  if (links == LinkCheck::full) ENVD_TRY_VOID(check_links(s, location(where)));
   return {};
 }
 
@@ -398,7 +411,7 @@ Result<void> write_source(CanonicalWriter& w, const SourceTree& s, const Where& 
 std::size_t estimated_size(const Snapshot& s) {
   auto files_size = [](const std::vector<FileEntry>& files) {
     std::size_t n = 2;
-    for (const auto& f : files) n += 160 + f.path.size() + f.target.size();
+    for (const auto& f : files) n += 160 + f.path.size() + f.target.size() + f.link.size();
     return n;
   };
   std::size_t n = 512 + s.created.size() + s.host.size() + s.envd_version.size();
@@ -417,7 +430,8 @@ std::size_t estimated_size(const Snapshot& s) {
 // The whole document, with or without the volatile fields. Top-level keys in byte order:
 // created, envd_version, environments, host, media_type, platform, sources ("envd_version" sorts
 // before "environments": 'd' < 'i' at index 3).
-Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile volatile_fields) {
+Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile volatile_fields,
+                            LinkCheck links = LinkCheck::full) {
   const bool with_volatile = volatile_fields != Volatile::exclude;
   const bool blank = volatile_fields == Volatile::blank;
   const Where root;
@@ -433,7 +447,7 @@ Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile vola
   const Where environments = root.member("environments");
   for (std::size_t i = 0; i < s.environments.size(); ++i) {
     if (i > 0) w.raw(",");
-    ENVD_TRY_VOID(write_environment(w, s.environments[i], environments.element(i)));
+    ENVD_TRY_VOID(write_environment(w, s.environments[i], environments.element(i), links));
   }
   w.raw("],");
   if (with_volatile) {
@@ -454,7 +468,7 @@ Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile vola
   const Where sources = root.member("sources");
   for (std::size_t i = 0; i < s.sources.size(); ++i) {
     if (i > 0) w.raw(",");
-    ENVD_TRY_VOID(write_source(w, s.sources[i], sources.element(i)));
+    ENVD_TRY_VOID(write_source(w, s.sources[i], sources.element(i), links));
   }
   w.raw("]}");
   return {};
@@ -465,6 +479,12 @@ Result<void> write_document(CanonicalWriter& w, const Snapshot& s, Volatile vola
 Result<std::string> to_json(const Snapshot& snapshot) {
   CanonicalWriter w(estimated_size(snapshot));
   ENVD_TRY_VOID(write_document(w, snapshot, Volatile::include));
+  return w.take();
+}
+
+Result<std::string> fragment_to_json(const Snapshot& snapshot) {
+  CanonicalWriter w(estimated_size(snapshot));
+  ENVD_TRY_VOID(write_document(w, snapshot, Volatile::include, LinkCheck::per_file));
   return w.take();
 }
 

@@ -71,7 +71,15 @@ Result<FileEntry> file_from_json(const json& j, const std::string& where) {
     auto digest = oci::Digest::parse(d);
     if (!digest) return bad(where + "/digest", digest.error().message());
     f.digest = *digest;
+    if (j.contains("link")) {
+      // Present means linked: an empty value is refused rather than read as "no link", which
+      // the writer would then drop (check_link_fields).
+      ENVD_TRY(f.link, get_string(j, "link", where));
+      if (f.link.empty()) return bad(where + "/link", "must be a safe relative path, not \"\"");
+      ENVD_TRY_VOID(check_link_fields(f, where + "/link"));
+    }
   } else if (type == "symlink") {
+    if (j.contains("link")) return bad(where + "/link", "only regular files have a link");
     f.type = FileType::symlink;
     ENVD_TRY(f.target, get_string(j, "target", where));
     if (f.target.empty() || f.target.find('\0') != std::string::npos)
@@ -138,7 +146,8 @@ Result<Package> package_from_json(const json& j, const std::string& where) {
   return p;
 }
 
-Result<Environment> environment_from_json(const json& j, const std::string& where) {
+Result<Environment> environment_from_json(const json& j, const std::string& where,
+                                          LinkCheck links) {
   if (!j.is_object()) return bad(where, "must be an object");
   Environment e;
   ENVD_TRY(auto kind, get_string(j, "kind", where));
@@ -166,10 +175,11 @@ Result<Environment> environment_from_json(const json& j, const std::string& wher
     e.packages.push_back(std::move(p));
   }
   ENVD_TRY(e.unowned, files_from_json(j, "unowned", where));
+  if (links == LinkCheck::full) ENVD_TRY_VOID(check_links(e, where));
   return e;
 }
 
-Result<SourceTree> source_from_json(const json& j, const std::string& where) {
+Result<SourceTree> source_from_json(const json& j, const std::string& where, LinkCheck links) {
   if (!j.is_object()) return bad(where, "must be an object");
   SourceTree s;
   ENVD_TRY(s.root, get_absolute_path(j, "root", where));
@@ -194,6 +204,7 @@ Result<SourceTree> source_from_json(const json& j, const std::string& where) {
     }
   }
   ENVD_TRY(s.files, files_from_json(j, "files", where));
+  if (links == LinkCheck::full) ENVD_TRY_VOID(check_links(s, where));
   return s;
 }
 
@@ -204,7 +215,7 @@ Result<Snapshot> parse(std::string_view text) {
   return parse_value(j);
 }
 
-Result<Snapshot> parse_value(const nlohmann::json& j) {
+Result<Snapshot> parse_value(const nlohmann::json& j, LinkCheck links) {
   if (!j.is_object()) return bad("", "document must be a JSON object");
   ENVD_TRY(auto media_type, get_string(j, "media_type", ""));
   if (media_type != k_media_type)
@@ -218,12 +229,13 @@ Result<Snapshot> parse_value(const nlohmann::json& j) {
   ENVD_TRY(s.platform.libc, get_string(*pit, "libc", "/platform", false));
   ENVD_TRY(const json* envs, get_array(j, "environments", ""));
   for (size_t i = 0; i < envs->size(); ++i) {
-    ENVD_TRY(auto e, environment_from_json((*envs)[i], "/environments/" + std::to_string(i)));
+    ENVD_TRY(auto e,
+             environment_from_json((*envs)[i], "/environments/" + std::to_string(i), links));
     s.environments.push_back(std::move(e));
   }
   ENVD_TRY(const json* srcs, get_array(j, "sources", ""));
   for (size_t i = 0; i < srcs->size(); ++i) {
-    ENVD_TRY(auto src, source_from_json((*srcs)[i], "/sources/" + std::to_string(i)));
+    ENVD_TRY(auto src, source_from_json((*srcs)[i], "/sources/" + std::to_string(i), links));
     s.sources.push_back(std::move(src));
   }
   ENVD_TRY(s.created, get_string(j, "created", "", false));

@@ -234,7 +234,8 @@ Result<std::string> make_patch(const ItemIndex& base, const Snapshot& next,
     removed_sources.push_back({{"files", std::move(gone)}});
     fragment.sources.push_back(std::move(f));
   }
-  ENVD_TRY(auto fragment_text, to_json(fragment));
+  // The fragment's changed files may link to unchanged ones it does not hold.
+  ENVD_TRY(auto fragment_text, fragment_to_json(fragment));
   std::string text =
       json{{"media_type", std::string(k_patch_media_type)},
            {"base", base.snapshot_digest.str()},
@@ -263,7 +264,7 @@ Result<Patch> parse_patch(std::string_view text) {
   Patch patch{std::move(base), std::move(digest), {}, {}, {}};
   auto snap = j.find("snapshot");
   if (snap == j.end()) return bad("/snapshot", "missing");
-  ENVD_TRY(patch.fragment, parse_value(*snap));
+  ENVD_TRY(patch.fragment, parse_value(*snap, LinkCheck::per_file));
   auto removed = j.find("removed");
   if (removed == j.end() || !removed->is_object()) return bad("/removed", "must be an object");
   auto envs = removed->find("environments");

@@ -50,7 +50,8 @@ Result<std::string> make_patch(const ItemIndex& base, const Snapshot& next,
 
 // A parsed patch. `fragment` is a valid snapshot holding the result's platform, volatile fields
 // and environments and source trees with all their own fields, but of packages, unowned files
-// and source files only those added or changed; the removed ones are listed by environment and
+// and source files only those added or changed (so a hard link in it may name a file it does not
+// hold: links are checked on the patched result); the removed ones are listed by environment and
 // source tree (parallel to the fragment's).
 struct Patch {
   struct PackageId {
@@ -74,7 +75,8 @@ Result<Patch> parse_patch(std::string_view text);
 // The snapshot `patch` makes of `base` (whose digest must be patch.base). An environment or
 // source tree of the fragment replaces the one of the base at the same prefix or root, keeping
 // the base's items the patch neither changes nor removes. Errors: invalid_argument when the
-// patch removes what the base lacks, or when the result's digest is not patch.digest.
+// patch removes what the base lacks, when a hard link of the result names no fitting file (see
+// FileEntry::link), or when the result's digest is not patch.digest.
 Result<Snapshot> apply_patch(const Snapshot& base, const Patch& patch);
 
 }  // namespace envd::snapshot

@@ -227,6 +227,78 @@ TEST_CASE("a conda prefix: conda records own files, pip-installed packages are t
   CHECK(tree_listing(prefix) == before);
 }
 
+TEST_CASE("hard links within a root are recorded, also from the stat cache; others are not") {
+  namespace fs = std::filesystem;
+  ScratchDir dir;
+  auto prefix = make_plain_prefix(dir / "py");
+  // pyenv's bin/python3.6 and bin/python3.6m: one inode, both unowned.
+  fs::create_hard_link(prefix / "bin/python3", prefix / "bin/python3m");
+  // A package's file and an unowned file: two items of one root.
+  const std::string data = "lib/python3.11/site-packages/alpha/data.txt";
+  fs::create_directories(prefix / "share");
+  fs::create_hard_link(prefix / data, prefix / "share/data.txt");
+  // Linked only to a path outside the root (as conda's pkgs cache links into environments).
+  write_file(dir / "pkgs/libz.so", "zlib");
+  fs::create_hard_link(dir / "pkgs/libz.so", prefix / "lib/libz.so");
+  // A source tree pair, and a file whose only other link is excluded by .envdignore.
+  write_file(dir / "src/data/one.csv", "1,2\n");
+  fs::create_hard_link(dir / "src/data/one.csv", dir / "src/data/two.csv");
+  write_file(dir / "src/solo.txt", "solo\n");
+  write_file(dir / "src/.envdignore", "build/\n");
+  fs::create_directories(dir / "src/build");
+  fs::create_hard_link(dir / "src/solo.txt", dir / "src/build/solo.txt");
+  REQUIRE(fs::hard_link_count(prefix / "lib/libz.so") == 2);
+  auto before = tree_listing(prefix);
+
+  auto opts = options_for(prefix, dir / "state");
+  opts.src = dir / "src";
+  auto cold = take_snapshot(opts);
+  REQUIRE(cold);
+  auto warm = take_snapshot(opts);  // every digest from the stat cache now
+  REQUIRE(warm);
+  CHECK(warm->files_hashed == 0);
+  CHECK(warm->digest == cold->digest);
+  for (const auto* out : {&*cold, &*warm}) {
+    const auto& env = out->snapshot.environments.at(0);
+    auto unowned = [&](const std::string& path) -> const snapshot::FileEntry& {
+      for (const auto& f : env.unowned)
+        if (f.path == path) return f;
+      FAIL("no unowned file " << path);
+      throw 0;
+    };
+    CHECK(unowned("bin/python3").link.empty());
+    CHECK(unowned("bin/python3m").link == "bin/python3");
+    CHECK(unowned("bin/python3m").digest == unowned("bin/python3").digest);
+    CHECK(unowned("bin/python3m").mode == 0755);
+    CHECK(unowned("share/data.txt").link == data);
+    CHECK(unowned("lib/libz.so").link.empty());
+    const auto* alpha = find_package(env, "alpha");
+    REQUIRE(alpha);
+    for (const auto& f : alpha->files) CHECK(f.link.empty());
+    std::size_t linked = 0;
+    for (const auto& f : env.unowned) linked += f.link.empty() ? 0 : 1;
+    for (const auto& p : env.packages)
+      for (const auto& f : p.files) linked += f.link.empty() ? 0 : 1;
+    CHECK(linked == 2);
+
+    REQUIRE(out->snapshot.sources.size() == 1);
+    const auto& src = out->snapshot.sources[0];
+    CHECK(paths_of(src.files) ==
+          std::vector<std::string>{".envdignore", "data/one.csv", "data/two.csv", "solo.txt"});
+    CHECK(src.files[1].link.empty());
+    CHECK(src.files[2].link == "data/one.csv");
+    CHECK(src.files[3].link.empty());
+
+    // What the agent records is what parse accepts.
+    auto text = snapshot::to_json(out->snapshot);
+    REQUIRE(text);
+    auto parsed = snapshot::parse(*text);
+    REQUIRE_MESSAGE(parsed, parsed.error().message());
+    CHECK(*parsed == out->snapshot);
+  }
+  CHECK(tree_listing(prefix) == before);
+}
+
 TEST_CASE("a directory that is no environment fails naming it, writing nothing") {
   ScratchDir dir;
   write_file(dir / "plain/readme.txt", "hi");

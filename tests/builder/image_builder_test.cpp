@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <utime.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "agent/snapshotter.hpp"
@@ -164,6 +165,63 @@ TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the sn
   auto doc = snapshot::parse(envd::test::read_file(dir / "rootfs/.envd/snapshot.json"));
   REQUIRE(doc);
   CHECK(*snapshot::digest_of(*doc) == result.snapshot_digest);
+}
+
+TEST_CASE("hard links within a layer extract with zstd and tar as one inode") {
+  namespace fs = std::filesystem;
+  ScratchDir dir;
+  const auto prefix = dir / "env";
+  make_prefix(prefix);
+  // As pyenv's bin/python3.6 and bin/python3.6m: unowned, so in the same layer.
+  write_file(prefix / "bin/python3.6", "#!/bin/sh\necho 3.6\n");
+  fs::permissions(prefix / "bin/python3.6", fs::perms(0755));
+  fs::create_hard_link(prefix / "bin/python3.6", prefix / "bin/python3.6m");
+  // A package's file linked to an unowned one: the plan puts them in different layers.
+  const std::string pkg_file = "lib/python3.11/site-packages/p3/__init__.py";
+  fs::create_directories(prefix / "share");
+  fs::create_hard_link(prefix / pkg_file, prefix / "share/p3-copy.py");
+  auto snap = take(prefix);
+  const auto& unowned = snap.environments.at(0).unowned;
+  auto find = [&](const std::string& path) {
+    return std::find_if(unowned.begin(), unowned.end(),
+                        [&](const auto& f) { return f.path == path; });
+  };
+  REQUIRE(find("bin/python3.6m") != unowned.end());
+  CHECK(find("bin/python3.6m")->link == "bin/python3.6");
+  CHECK(find("share/p3-copy.py")->link == pkg_file);
+
+  auto state_ptr = *BuilderState::open(dir / "state");
+  auto& state = *state_ptr;
+  auto result = build(state, snap);
+  auto m = manifest_of(state, result.manifest_digest);
+  fs::create_directories(dir / "rootfs");
+  for (const auto& l : m["layers"]) {
+    auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
+    REQUIRE(blob);
+    auto r = run_command(
+        {"sh", "-c",
+         "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
+    REQUIRE(r.exit_code == 0);
+  }
+  const auto root = dir / "rootfs" / prefix.relative_path();
+  auto lstat_of = [](const std::filesystem::path& path) {
+    struct stat st {};
+    REQUIRE(::lstat(path.c_str(), &st) == 0);
+    return st;
+  };
+  const auto a = lstat_of(root / "bin/python3.6");
+  const auto b = lstat_of(root / "bin/python3.6m");
+  CHECK(a.st_ino == b.st_ino);
+  CHECK(a.st_nlink == 2);
+  CHECK((b.st_mode & 07777) == 0755);
+  CHECK(envd::test::read_file(root / "bin/python3.6m") == "#!/bin/sh\necho 3.6\n");
+  // Across layers: each has its content, as a file of its own.
+  const auto p = lstat_of(root / pkg_file);
+  const auto c = lstat_of(root / "share/p3-copy.py");
+  CHECK(p.st_ino != c.st_ino);
+  CHECK(c.st_nlink == 1);
+  CHECK(envd::test::read_file(root / "share/p3-copy.py") == "X = 3\n");
+  CHECK(envd::test::read_file(root / pkg_file) == "X = 3\n");
 }
 
 TEST_CASE("a digest given by the caller names the same image as the one computed") {

@@ -145,3 +145,39 @@ TEST_CASE("a group of packages from nested roots is sorted by image path, each p
         std::vector<std::string>{"/opt/a/sub/x", "/opt/a/sub/y", "/opt/a/sub0", "/opt/a/t"});
   CHECK(layer_key(entries, k_layer_format) == group->key);
 }
+
+TEST_CASE("a hard link changes its layer's key and entries; unlinked keys stay as they were") {
+  auto snap = make_snapshot(5);
+  // Key of an unlinked one-file layer, computed by hand in the documented form: format line, then
+  // "<image path>\0<0 regular> <mode in octal> <digest>\n". Pins that keys without links are
+  // those of the images built before links existed.
+  auto plan = plan_layers(snap, {});
+  const auto& unowned = *std::find_if(plan.begin(), plan.end(),
+                                      [](const auto& l) { return l.name == "unowned:/opt/env"; });
+  std::string text = std::string(k_layer_format) + "\n" + "opt/env/bin/python3" +
+                     std::string(1, '\0') + "0 644 " + oci::sha256_of("python").str() + "\n";
+  CHECK(unowned.key == oci::sha256_of(text));
+
+  auto& env = snap.environments[0];
+  env.unowned.push_back(file("bin/python3m", 1000, "python"));
+  const auto unlinked = keys(plan_layers(snap, {}));
+  env.unowned.back().link = "bin/python3";
+  auto linked_plan = plan_layers(snap, {});
+  const auto linked = keys(linked_plan);
+  for (const auto& [name, key] : unlinked) {
+    CAPTURE(name);
+    CHECK((linked.at(name) != key) == (name == "unowned:/opt/env"));
+  }
+  const auto& layer = *std::find_if(linked_plan.begin(), linked_plan.end(),
+                                    [](const auto& l) { return l.name == "unowned:/opt/env"; });
+  auto entries = layer.entries();
+  REQUIRE(entries.size() == 2);
+  CHECK(entries[0].link.empty());
+  CHECK(entries[1].path == "opt/env/bin/python3m");
+  CHECK(entries[1].link == "opt/env/bin/python3");  // an image path, as the layer writes it
+  CHECK(layer_key(entries, k_layer_format) == layer.key);
+  // Another first member is another key.
+  env.unowned.insert(env.unowned.begin(), file("bin/python", 1000, "python"));
+  env.unowned.back().link = "bin/python";
+  CHECK(keys(plan_layers(snap, {})).at("unowned:/opt/env") != linked.at("unowned:/opt/env"));
+}

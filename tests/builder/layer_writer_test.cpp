@@ -2,6 +2,8 @@
 // tar, Python's tarfile and import system), and digests are compared across runs and stores.
 #include "builder/layer_writer.hpp"
 
+#include <archive.h>
+#include <archive_entry.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -133,6 +135,44 @@ for m in tarfile.open(sys.argv[1]):
     out.push_back({f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]});
   }
   return out;
+}
+
+// A member as libarchive reads it back: its hard link target (empty if none), size and data.
+struct TarMember {
+  std::string path;
+  std::string hardlink;
+  std::int64_t size = 0;
+  std::string data;
+};
+
+std::vector<TarMember> read_tar(const std::string& tar) {
+  struct archive* a = ::archive_read_new();
+  REQUIRE(a != nullptr);
+  ::archive_read_support_format_tar(a);
+  REQUIRE(::archive_read_open_memory(a, tar.data(), tar.size()) == ARCHIVE_OK);
+  std::vector<TarMember> out;
+  struct archive_entry* e = nullptr;
+  int rc;
+  while ((rc = ::archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+    TarMember m;
+    m.path = ::archive_entry_pathname(e);
+    if (const char* link = ::archive_entry_hardlink(e)) m.hardlink = link;
+    m.size = ::archive_entry_size(e);
+    char buf[4096];
+    for (la_ssize_t n; (n = ::archive_read_data(a, buf, sizeof buf)) > 0;)
+      m.data.append(buf, static_cast<std::size_t>(n));
+    out.push_back(std::move(m));
+  }
+  CHECK(rc == ARCHIVE_EOF);
+  ::archive_read_free(a);
+  return out;
+}
+
+const TarMember& member(const std::vector<TarMember>& members, const std::string& path) {
+  for (const auto& m : members)
+    if (m.path == path) return m;
+  FAIL("no member " << path);
+  throw 0;
 }
 
 Result<builder::BuiltLayer> build(const std::vector<LayerEntry>& entries, store::BlobStore& out,
@@ -347,10 +387,102 @@ TEST_CASE("bad entry lists are refused before anything is written") {
   SUBCASE("no digest") {
     entries[1].digest.reset();
   }
+  SUBCASE("link on a symlink") {
+    entries[0].link = "opt/app/bin/tool";
+  }
+  SUBCASE("link to itself") {
+    entries[1].link = entries[1].path;
+  }
+  SUBCASE("link not normalised") {
+    entries[2].link = "opt/app/./bin/tool";
+  }
   auto r = build(entries, blobs);
   REQUIRE(!r);
   CHECK(r.error().code() == ErrorCode::invalid_argument);
   CHECK(blobs.list()->empty());
+}
+
+TEST_CASE("hard links: the first member written has the content, later ones link to it") {
+  ScratchDir src;
+  test::write_file(src / "python", "elf binary\n");
+  test::write_file(src / "shared", "shared data\n");
+  test::write_file(src / "other", "other\n");
+  auto linked = [](LayerEntry e, std::string link) {
+    e.link = std::move(link);
+    return e;
+  };
+  const std::string head = "opt/py/bin/python3.6";
+  std::vector<LayerEntry> entries = {
+      // A group of three whose first member is in the layer.
+      file_entry(head, src / "python", 0755),
+      linked(file_entry("opt/py/bin/python3.6m", src / "python", 0755), head),
+      linked(file_entry("opt/py/lib/python-copy", src / "python", 0755), head),
+      // A group whose first member is in another layer: its first member here has the content.
+      linked(file_entry("opt/py/share/a", src / "shared"), "opt/py/aaa/first"),
+      linked(file_entry("opt/py/share/b", src / "shared"), "opt/py/aaa/first"),
+      // The same content, not linked: a file of its own.
+      file_entry("opt/py/share/c", src / "shared"),
+      // Linked by mistake to a file of other content: gets its own content, never another's.
+      linked(file_entry("opt/py/share/d", src / "other"), "opt/py/aaa/first"),
+  };
+  sort_entries(entries);
+  store::MemoryBlobStore blobs;
+  auto layer = build(entries, blobs, Compression::zstd);
+  REQUIRE(layer);
+  CHECK(layer->files == entries.size());
+  ScratchDir work;
+  const std::string tar = tar_of(work, Compression::zstd, blob_of(blobs, *layer));
+
+  auto members = read_tar(tar);
+  const auto& first = member(members, head);
+  CHECK(first.hardlink.empty());
+  CHECK(first.data == "elf binary\n");
+  for (const std::string path : {"opt/py/bin/python3.6m", "opt/py/lib/python-copy"}) {
+    CAPTURE(path);
+    const auto& m = member(members, path);
+    CHECK(m.hardlink == head);
+    CHECK(m.size == 0);
+    CHECK(m.data.empty());
+  }
+  CHECK(member(members, "opt/py/share/a").hardlink.empty());
+  CHECK(member(members, "opt/py/share/a").data == "shared data\n");
+  CHECK(member(members, "opt/py/share/b").hardlink == "opt/py/share/a");
+  CHECK(member(members, "opt/py/share/b").data.empty());
+  CHECK(member(members, "opt/py/share/c").hardlink.empty());
+  CHECK(member(members, "opt/py/share/c").data == "shared data\n");
+  CHECK(member(members, "opt/py/share/d").hardlink.empty());
+  CHECK(member(members, "opt/py/share/d").data == "other\n");
+
+  // GNU tar makes them one inode each.
+  fs::path tar_file = work / "layer.tar";
+  test::write_file(tar_file, tar);
+  fs::create_directory(work / "x");
+  REQUIRE(
+      run_command({"tar", "-x", "-C", (work / "x").string(), "-f", tar_file.string()}).exit_code ==
+      0);
+  const fs::path root = work / "x/opt/py";
+  auto st = lstat_of(root / "bin/python3.6");
+  CHECK(st.st_nlink == 3);
+  CHECK(lstat_of(root / "bin/python3.6m").st_ino == st.st_ino);
+  CHECK(lstat_of(root / "lib/python-copy").st_ino == st.st_ino);
+  CHECK((st.st_mode & 07777) == 0755);
+  CHECK(test::read_file(root / "lib/python-copy") == "elf binary\n");
+  CHECK(lstat_of(root / "share/b").st_ino == lstat_of(root / "share/a").st_ino);
+  CHECK(lstat_of(root / "share/a").st_nlink == 2);
+  CHECK(lstat_of(root / "share/c").st_nlink == 1);
+  CHECK(test::read_file(root / "share/d") == "other\n");
+
+  // Reproducible, and the links change the layer.
+  store::MemoryBlobStore again;
+  auto second = build(entries, again, Compression::zstd);
+  REQUIRE(second);
+  CHECK(second->blob.digest == layer->blob.digest);
+  auto unlinked = entries;
+  for (auto& e : unlinked) e.link.clear();
+  auto plain = build(unlinked, again, Compression::zstd);
+  REQUIRE(plain);
+  CHECK(plain->blob.digest != layer->blob.digest);
+  CHECK(plain->uncompressed_size > layer->uncompressed_size);
 }
 
 TEST_CASE(

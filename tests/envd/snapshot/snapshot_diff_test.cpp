@@ -213,6 +213,22 @@ TEST_CASE("a mode, size-only or symlink-target change is a modified file") {
   CHECK(diff_snapshots(a, t).environments.at(0).unowned.modified == Strings{"lib/libz.so"});
 }
 
+TEST_CASE("a hard link made or undone is a modified file") {
+  Snapshot a = base_snapshot();
+  Snapshot b = base_snapshot();
+  b.sources[0].files[2] = regular("src/util.py", "v1");  // now the content of src/model.py
+  Snapshot c = b;
+  c.sources[0].files[2].link = "src/model.py";
+  const auto d = diff_snapshots(b, c);
+  REQUIRE(d.sources.size() == 1);
+  CHECK(d.sources[0].files.modified == Strings{"src/util.py"});
+  CHECK(d.sources[0].files.added.empty());
+  CHECK(d.sources[0].files.removed.empty());
+  CHECK(*digest_of(b) != *digest_of(c));
+  CHECK(diff_snapshots(c, b).sources.at(0).files.modified == Strings{"src/util.py"});
+  CHECK(diff_snapshots(a, c).sources.at(0).files.modified == Strings{"src/util.py"});
+}
+
 TEST_CASE("unowned files added and removed") {
   Snapshot a = base_snapshot();
   Snapshot b = base_snapshot();

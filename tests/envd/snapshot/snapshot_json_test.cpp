@@ -196,6 +196,50 @@ Snapshot bare_snapshot() {
   return s;
 }
 
+// Hard links in every place a root's files are: a pair inside one package, a package file and
+// an unowned file of the same group (different items of one root), a group of three in the
+// unowned files, and a pair in a source tree. "etc/x" also exists in the source tree with the
+// same content but is no link: each root is its own.
+Snapshot linked_snapshot() {
+  auto linked = [](FileEntry f, std::string link) {
+    f.link = std::move(link);
+    return f;
+  };
+  Package p;
+  p.name = "python";
+  p.version = "3.6.15";
+  p.manager = PackageManager::pip;
+  p.installer = "pip";
+  p.files = {regular("bin/python3.6", "elf36", 0755),
+             linked(regular("bin/python3.6m", "elf36", 0755), "bin/python3.6"),
+             linked(regular("lib/libpy.so", "lib", 0644), "etc/lib-copy")};
+
+  Environment e;
+  e.kind = EnvironmentKind::prefix;
+  e.name = "3.6.15";
+  e.prefix = "/root/.pyenv/versions/3.6.15";
+  e.python_version = "3.6.15";
+  e.packages = {p};
+  e.unowned = {regular("etc/lib-copy", "lib", 0644), regular("share/a", "three"),
+               linked(regular("share/b", "three"), "share/a"),
+               linked(regular("share/c", "three"), "share/a")};
+
+  SourceTree src;
+  src.root = "/src";
+  src.files = {regular("data/one.csv", "1,2\n"),
+               linked(regular("data/two.csv", "1,2\n"), "data/one.csv"),
+               regular("etc/lib-copy", "lib", 0644)};
+
+  Snapshot s;
+  s.platform = {"linux", "amd64", "glibc 2.36"};
+  s.environments = {e};
+  s.sources = {src};
+  s.created = "2024-03-01T12:00:00Z";
+  s.host = "h";
+  s.envd_version = "0.1.0";
+  return s;
+}
+
 // --- reference: the nlohmann tree builder to_json used before the direct writer -------------
 // Kept verbatim (apart from Digest::view) so the writer's bytes can be compared with it: the
 // snapshot digest is taken over these bytes, so they must never change.
@@ -209,6 +253,7 @@ json file_to_json(const FileEntry& f) {
     j["type"] = "file";
     j["size"] = f.size;
     j["digest"] = f.digest ? f.digest->str() : std::string();
+    if (!f.link.empty()) j["link"] = f.link;  // added with hard links: only when set
   } else {
     j["type"] = "symlink";
     j["target"] = f.target;
@@ -1224,6 +1269,169 @@ TEST_CASE("parse rejects build, channel and subdir on a pip package") {
   auto empty =
       parse(replaced(base, "\"files\":[{\"digest\"", "\"build\":\"\",\"files\":[{\"digest\""));
   CHECK_FALSE(empty.has_value());
+}
+
+// --- hard links ------------------------------------------------------------------------------
+
+TEST_CASE("hard links: written between digest and mode only when set, and parsed back") {
+  const auto s = linked_snapshot();
+  const auto text = json_of(s);
+  CAPTURE(text);
+  CHECK(text.find("{\"digest\":\"" + oci::sha256_of("elf36").str() +
+                  "\",\"link\":\"bin/python3.6\",\"mode\":493,\"path\":\"bin/python3.6m\","
+                  "\"size\":5,\"type\":\"file\"}") != std::string::npos);
+  // The first member of a group and files without links have no "link" key at all.
+  CHECK(text.find("{\"digest\":\"" + oci::sha256_of("elf36").str() +
+                  "\",\"mode\":493,\"path\":\"bin/python3.6\",") != std::string::npos);
+  std::size_t links = 0;
+  for (std::size_t at = 0; (at = text.find("\"link\":", at)) != std::string::npos; ++at) ++links;
+  CHECK(links == 5);
+  check_same_as_nlohmann(s);
+  auto parsed = parse(text);
+  REQUIRE(parsed.has_value());
+  CHECK(parsed->environments[0].packages[0].files[1].link == "bin/python3.6");
+  CHECK(parsed->environments[0].packages[0].files[0].link.empty());
+  CHECK(parsed->sources[0].files[1].link == "data/one.csv");
+  CHECK(json_of(*parsed) == text);
+  CHECK(validate_with_schema({text}) == std::vector<std::string>{"valid"});
+}
+
+TEST_CASE("hard links are part of the digest; snapshots without links keep theirs") {
+  auto s = linked_snapshot();
+  const auto with_links = digest_value(s);
+  auto unlinked = s;
+  for (auto& f : unlinked.environments[0].packages[0].files) f.link.clear();
+  for (auto& f : unlinked.environments[0].unowned) f.link.clear();
+  for (auto& f : unlinked.sources[0].files) f.link.clear();
+  CHECK(digest_value(unlinked) != with_links);
+  // Without links the document is byte for byte what the writer wrote before links existed.
+  auto old_text = reference::to_json(unlinked);
+  REQUIRE(old_text.has_value());
+  CHECK(json_of(unlinked) == *old_text);
+  CHECK(json_of(unlinked).find("\"link\"") == std::string::npos);
+  // One link moved to another first member is another snapshot.
+  auto moved = s;
+  moved.environments[0].unowned[3].link.clear();
+  CHECK(digest_value(moved) != with_links);
+}
+
+TEST_CASE("bad hard links are refused by parse, naming the JSON location and the paths") {
+  const auto base = json_of(linked_snapshot());
+  REQUIRE(parse(base).has_value());
+  const std::string pkg_files = "/environments/0/packages/0/files/";
+  const std::string unowned = "/environments/0/unowned/";
+  const std::string three = oci::sha256_of("three").str();
+  struct Case {
+    std::string name;
+    std::string from;
+    std::string to;
+    std::string location;  // JSON pointer the message must name
+    std::string names;     // text the message must also contain
+  };
+  const std::vector<Case> cases = {
+      {"names no file", "\"link\":\"bin/python3.6\"", "\"link\":\"bin/python3.5\"",
+       pkg_files + "1/link", "bin/python3.5"},
+      {"names the file itself", "\"link\":\"bin/python3.6\"", "\"link\":\"bin/python3.6m\"",
+       pkg_files + "1/link", "bin/python3.6m"},
+      {"unsafe path", "\"link\":\"bin/python3.6\"", "\"link\":\"../python3.6\"",
+       pkg_files + "1/link", "bin/python3.6m"},
+      {"absolute path", "\"link\":\"bin/python3.6\"",
+       "\"link\":\"/root/.pyenv/versions/3.6.15/bin/python3.6\"", pkg_files + "1/link",
+       "bin/python3.6m"},
+      {"empty", "\"link\":\"bin/python3.6\"", "\"link\":\"\"", pkg_files + "1/link", ""},
+      {"not a string", "\"link\":\"bin/python3.6\"", "\"link\":7", pkg_files + "1/link", ""},
+      {"names a file that is itself a link",
+       "\"link\":\"share/a\",\"mode\":420,\"path\":\"share/c\"",
+       "\"link\":\"share/b\",\"mode\":420,\"path\":\"share/c\"", unowned + "3/link", "share/b"},
+      {"names a later file", "\"link\":\"share/a\",\"mode\":420,\"path\":\"share/b\"",
+       "\"link\":\"share/c\",\"mode\":420,\"path\":\"share/b\"", unowned + "2/link", "share/c"},
+      {"names a file of another digest", "\"link\":\"etc/lib-copy\"", "\"link\":\"bin/python3.6\"",
+       pkg_files + "2/link", "another digest"},
+      {"another mode than its first member",
+       "\"link\":\"share/a\",\"mode\":420,\"path\":\"share/b\"",
+       "\"link\":\"share/a\",\"mode\":384,\"path\":\"share/b\"", unowned + "2/link", "share/a"},
+      {"names a file of another root", "\"link\":\"data/one.csv\"", "\"link\":\"bin/python3.6\"",
+       "/sources/0/files/1/link", "bin/python3.6"},
+      {"on a symlink",
+       "\"digest\":\"" + three +
+           "\",\"mode\":420,\"path\":\"share/a\",\"size\":5,\"type\":\"file\"",
+       "\"link\":\"etc/lib-copy\",\"mode\":511,\"path\":\"share/"
+       "a\",\"target\":\"x\",\"type\":\"symlink\"",
+       unowned + "1/link", ""},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    auto r = parse(replaced(base, c.from, c.to));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code() == ErrorCode::invalid_argument);
+    CAPTURE(r.error().message());
+    CHECK(r.error().message().starts_with("snapshot " + c.location + ": "));
+    CHECK(r.error().message().find(c.names) != std::string::npos);
+  }
+}
+
+TEST_CASE("to_json and digest_of refuse bad hard links as parse does") {
+  const auto pkg = [](Snapshot& s) -> Package& { return s.environments[0].packages[0]; };
+  struct Case {
+    std::string name;
+    std::function<void(Snapshot&)> apply;
+    std::string location;
+  };
+  const std::string pkg_files = "/environments/0/packages/0/files/";
+  const std::vector<Case> cases = {
+      {"names no file", [&](Snapshot& s) { pkg(s).files[1].link = "bin/nothing"; },
+       pkg_files + "1/link"},
+      {"names itself", [&](Snapshot& s) { pkg(s).files[1].link = "bin/python3.6m"; },
+       pkg_files + "1/link"},
+      {"unsafe", [&](Snapshot& s) { pkg(s).files[1].link = "bin/../bin/python3.6"; },
+       pkg_files + "1/link"},
+      {"another digest", [&](Snapshot& s) { pkg(s).files[1].digest = oci::sha256_of("x"); },
+       pkg_files + "1/link"},
+      {"a chain", [](Snapshot& s) { s.environments[0].unowned[3].link = "share/b"; },
+       "/environments/0/unowned/3/link"},
+      {"on a symlink",
+       [](Snapshot& s) {
+         auto& f = s.sources[0].files[1];
+         f.type = FileType::symlink;
+         f.target = "one.csv";
+         f.digest.reset();
+       },
+       "/sources/0/files/1/link"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    auto s = linked_snapshot();
+    c.apply(s);
+    auto text = to_json(s);
+    REQUIRE_FALSE(text.has_value());
+    CHECK(text.error().code() == ErrorCode::invalid_argument);
+    CAPTURE(text.error().message());
+    CHECK(text.error().message().starts_with("snapshot " + c.location + ": "));
+    auto d = digest_of(s);
+    REQUIRE_FALSE(d.has_value());
+    CHECK(d.error().message() == text.error().message());
+  }
+}
+
+TEST_CASE("schema rejects a link that is no safe relative path, or on a symlink") {
+  const auto base = json_of(linked_snapshot());
+  const std::vector<std::string> docs = {
+      replaced(base, "\"link\":\"bin/python3.6\"", "\"link\":\"../bin/python3.6\""),
+      replaced(base, "\"link\":\"bin/python3.6\"", "\"link\":\"\""),
+      replaced(base, "\"link\":\"bin/python3.6\"", "\"link\":7"),
+      replaced(base,
+               "\"digest\":\"" + oci::sha256_of("three").str() +
+                   "\",\"mode\":420,\"path\":\"share/a\",\"size\":5,\"type\":\"file\"",
+               "\"link\":\"etc/lib-copy\",\"mode\":511,\"path\":\"share/a\",\"target\":\"x\","
+               "\"type\":\"symlink\""),
+  };
+  auto results = validate_with_schema(docs);
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    CAPTURE(i);
+    CAPTURE(results[i]);
+    CHECK(results[i].starts_with("invalid /environments/0/"));
+    CHECK_FALSE(parse(docs[i]).has_value());
+  }
 }
 
 }  // namespace
