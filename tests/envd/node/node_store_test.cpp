@@ -20,7 +20,7 @@ struct FakeClock {
   std::shared_ptr<std::atomic<std::int64_t>> t = std::make_shared<std::atomic<std::int64_t>>(1000);
   NodeStoreOptions options() const {
     auto p = t;
-    return NodeStoreOptions{[p] { return p->load(); }};
+    return NodeStoreOptions{[p] { return p->load(); }, std::nullopt};
   }
 };
 
