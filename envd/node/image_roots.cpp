@@ -1,8 +1,10 @@
 // Reading where an envd image's files belong from its /.envd/snapshot.json (see image_roots.hpp),
-// streaming past the file lists, which are nearly all of the document.
+// streaming past the file lists, which are nearly all of the document; and the small record of
+// the same written beside an assembled rootfs.
 #include "envd/node/image_roots.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "envd/util/log.hpp"
 #include "envd/util/unique_fd.hpp"
 
 namespace envd::node::detail {
@@ -131,9 +134,25 @@ class ListStripper {
   std::size_t m_depth = 0;
 };
 
+// Opens a file of the image: never through a symlink in its last component, never anything but a
+// regular file (a FIFO would block, /dev/zero never end).
+Result<UniqueFd> open_regular(const std::filesystem::path& file) {
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid()) {
+    if (errno == ELOOP)
+      return unexpected(ErrorCode::invalid_argument, file.string() + " is a symlink");
+    return unexpected(Error::from_errno("open " + file.string(), errno));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    return unexpected(Error::from_errno("stat " + file.string(), errno));
+  if (!S_ISREG(st.st_mode))
+    return unexpected(ErrorCode::invalid_argument, file.string() + " is not a regular file");
+  return fd;
+}
+
 Result<std::string> read_stripped(const std::filesystem::path& file) {
-  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return unexpected(Error::from_errno("open " + file.string(), errno));
+  ENVD_TRY(UniqueFd fd, open_regular(file));
   ListStripper stripper;
   std::vector<char> buf(1 << 16);
   for (;;) {
@@ -175,9 +194,12 @@ bool is_normal_absolute(std::string_view path) {
   return true;
 }
 
-Result<ImageRoots> read_image_roots(const std::filesystem::path& snapshot_file) {
-  const std::string what = "snapshot " + snapshot_file.string();
-  ENVD_TRY(auto text, read_stripped(snapshot_file));
+namespace {
+
+enum class Document { snapshot, record };
+
+// The roots named by a snapshot (its file lists stripped) or a record, checked.
+Result<ImageRoots> parse_roots(const std::string& text, Document kind, const std::string& what) {
   auto bad = [&](const std::string& msg) {
     return unexpected(ErrorCode::invalid_argument, what + ": " + msg);
   };
@@ -186,6 +208,12 @@ Result<ImageRoots> read_image_roots(const std::filesystem::path& snapshot_file) 
     doc = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     return bad(std::string("not JSON: ") + e.what());
+  }
+  if (kind == Document::record) {
+    const auto media_type = doc.is_object() ? doc.find("media_type") : doc.end();
+    if (media_type == doc.end() || !media_type->is_string() ||
+        media_type->get<std::string>() != k_roots_record_media_type)
+      return bad("media_type is not " + std::string(k_roots_record_media_type));
   }
   ImageRoots roots;
   try {
@@ -214,6 +242,87 @@ Result<ImageRoots> read_image_roots(const std::filesystem::path& snapshot_file) 
     return bad(e.what());
   }
   return roots;
+}
+
+}  // namespace
+
+Result<ImageRoots> read_image_roots(const std::filesystem::path& snapshot_file) {
+  const std::string what = "snapshot " + snapshot_file.string();
+  ENVD_TRY(auto text, read_stripped(snapshot_file));
+  return parse_roots(text, Document::snapshot, what);
+}
+
+std::filesystem::path roots_record_path(const std::filesystem::path& rootfs) {
+  std::filesystem::path out = rootfs;
+  out += ".roots.json";
+  return out;
+}
+
+std::string roots_record_text(const ImageRoots& roots) {
+  nlohmann::json envs = nlohmann::json::array();
+  for (const auto& e : roots.environments)
+    envs.push_back({{"prefix", e.prefix}, {"kind", e.kind}, {"partial", e.partial}});
+  nlohmann::json sources = nlohmann::json::array();
+  for (const auto& s : roots.sources) sources.push_back({{"root", s}});
+  nlohmann::json doc = {{"media_type", k_roots_record_media_type},
+                        {"environments", std::move(envs)},
+                        {"sources", std::move(sources)}};
+  return doc.dump() + "\n";
+}
+
+Result<ImageRoots> read_roots_record(const std::filesystem::path& file) {
+  ENVD_TRY(UniqueFd fd, open_regular(file));
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return unexpected(Error::from_errno("read " + file.string(), errno));
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  return parse_roots(text, Document::record, "roots record " + file.string());
+}
+
+Result<bool> write_roots_record(const std::filesystem::path& rootfs) {
+  const auto snapshot = rootfs / k_snapshot_in_image;
+  struct stat st {};
+  if (::lstat(snapshot.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;  // not an envd image
+    return unexpected(Error::from_errno("stat " + snapshot.string(), errno));
+  }
+  auto roots = read_image_roots(snapshot);
+  if (!roots) {
+    if (roots.error().code() != ErrorCode::invalid_argument) return unexpected(roots.error());
+    log::warn("node", "image roots not recorded: the snapshot is refused",
+              {{"rootfs", rootfs.string()}, {"error", roots.error().message()}});
+    return false;
+  }
+  // Not synced: the record is as durable as the rootfs beside it, whose directory the caller
+  // commits (renamed into place whole, synced or under a deferred-sync record). A record cut
+  // short by a crash anyway would be refused by a launch, which reads the snapshot instead.
+  const auto record = roots_record_path(rootfs);
+  const std::string text = roots_record_text(*roots);
+  UniqueFd fd(::open(record.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd.valid()) return unexpected(Error::from_errno("create " + record.string(), errno));
+  std::size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return unexpected(Error::from_errno("write " + record.string(), errno));
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+Result<ImageRoots> load_image_roots(const std::filesystem::path& rootfs) {
+  const auto record = roots_record_path(rootfs);
+  auto roots = read_roots_record(record);
+  if (roots) return roots;
+  if (roots.error().code() != ErrorCode::not_found)
+    log::warn("sandbox", "roots record unusable; reading the snapshot instead",
+              {{"record", record.string()}, {"error", roots.error().message()}});
+  return read_image_roots(rootfs / k_snapshot_in_image);
 }
 
 }  // namespace envd::node::detail

@@ -26,11 +26,15 @@ namespace envd::node {
 //   DIR/ingest/                FsBlobStore's temporary writes
 //   DIR/resume/<hex>           partial downloads kept across a crash, resumed with Range
 //   DIR/layers/<diff_id hex>/  one unpacked layer (LayerUnpacker layout), complete iff present
-//   DIR/envs/<manifest hex>/   an assembled environment: rootfs/ and image.json (the config);
-//                              complete iff present under this name
+//   DIR/envs/<manifest hex>/   an assembled environment: rootfs/, image.json (the config) and,
+//                              for envd images, rootfs.roots.json (image_roots.hpp; absent in
+//                              environments assembled before it existed); complete iff present
+//                              under this name
 //   DIR/staging/<name>[.lock]  work in progress, each flock()ed by its owner; unowned ones are
 //                              removed at open
 //   DIR/locks/                 per-digest lock files (one download, one unpack, one assembly)
+//   DIR/unsynced/              records of layers and envs committed without syncfs, removed
+//                              after a reboot that came first (deferred_sync.hpp)
 //   DIR/state.sqlite           images, references, layers (WAL)
 
 // A held flock() on a file under DIR/locks; released when destroyed. Move-only.

@@ -1,6 +1,7 @@
 // Child processes for planned commands (see process.hpp): everything a child needs is prepared
 // before fork, because after fork in a multi-threaded daemon a child may only make
-// async-signal-safe calls until it execs; with bwrap the child stays a signal forwarder.
+// async-signal-safe calls until it execs; with bwrap in the background the child stays a signal
+// forwarder. In the foreground the caller forwards, and starts the child with posix_spawn.
 #include "envd/node/process.hpp"
 
 #include <fcntl.h>
@@ -8,6 +9,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -17,6 +19,7 @@
 #include <array>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -49,34 +52,54 @@ Result<std::pair<UniqueFd, UniqueFd>> make_pipe(std::string_view what) {
   return std::pair{std::move(r), std::move(w)};
 }
 
+// Who passes signals on to a command under bwrap (which forwards none): a forwarding child
+// process between the caller and bwrap (forked: it runs no program of its own), or the caller
+// itself, which then starts bwrap (or the command) with posix_spawn.
+enum class Forwarder { child, caller };
+
+// The descriptor a posix_spawn'ed bwrap gets its --info-fd pipe on; all above it are closed.
+constexpr int k_spawned_info_fd = 3;
+
 struct Prepared {
   std::vector<std::string> args;
   std::vector<std::string> env;
   std::vector<char*> argv;
   std::vector<char*> envp;
   std::string cwd;
-  bool forward = false;              // bwrap: the child stays as a signal forwarder
+  bool bwrap = false;                // the command runs under bwrap (--info-fd added)
+  bool forward = false;              // bwrap and Forwarder::child: the child stays as forwarder
   UniqueFd stdin_fd;                 // -1: inherit
   UniqueFd output_fd;                // -1: inherit (stdout and stderr)
   UniqueFd info_read, info_write;    // bwrap --info-fd
-  UniqueFd error_read, error_write;  // exec failure: errno, else EOF at exec
+  UniqueFd error_read, error_write;  // forked child: exec failure's errno, else EOF at exec
 };
 
-Result<Prepared> prepare(const LaunchPlan& plan) {
+Result<Prepared> prepare(const LaunchPlan& plan, Forwarder forwarder) {
   if (plan.argv.empty() || plan.argv.front().empty())
     return unexpected(ErrorCode::invalid_argument, "empty command line");
   Prepared p;
-  p.forward = plan.isolation == Isolation::bwrap;
+  p.bwrap = plan.isolation == Isolation::bwrap;
+  p.forward = p.bwrap && forwarder == Forwarder::child;
   p.args = plan.argv;
   p.env = plan.env;
   p.cwd = plan.cwd.empty() ? "/" : plan.cwd.string();
-  ENVD_TRY(auto err_pipe, make_pipe("pipe"));
-  p.error_read = std::move(err_pipe.first);
-  p.error_write = std::move(err_pipe.second);
-  if (p.forward) {
+  if (forwarder == Forwarder::child) {  // posix_spawn reports exec failures itself
+    ENVD_TRY(auto err_pipe, make_pipe("pipe"));
+    p.error_read = std::move(err_pipe.first);
+    p.error_write = std::move(err_pipe.second);
+  }
+  if (p.bwrap) {
     ENVD_TRY(auto info_pipe, make_pipe("pipe"));
     p.info_read = std::move(info_pipe.first);
     p.info_write = std::move(info_pipe.second);
+    if (forwarder == Forwarder::caller && p.info_write.get() == k_spawned_info_fd) {
+      // Moved off the number it is dup2'ed to in the child: dup2 onto itself would keep it
+      // close-on-exec.
+      ENVD_TRY(
+          p.info_write,
+          high_fd(::fcntl(p.info_write.get(), F_DUPFD_CLOEXEC, k_spawned_info_fd + 1), "pipe"));
+    }
+    const int announced = forwarder == Forwarder::caller ? k_spawned_info_fd : p.info_write.get();
     // After bwrap itself, which may follow a wrapper such as setpriv.
     auto bwrap = std::find_if(p.args.begin(), p.args.end(), [](const std::string& a) {
       return std::filesystem::path(a).filename() == "bwrap";
@@ -84,7 +107,7 @@ Result<Prepared> prepare(const LaunchPlan& plan) {
     if (bwrap == p.args.end())
       return unexpected(ErrorCode::invalid_argument,
                         "isolation bwrap but no bwrap in the command line");
-    p.args.insert(bwrap + 1, {"--info-fd", std::to_string(p.info_write.get())});
+    p.args.insert(bwrap + 1, {"--info-fd", std::to_string(announced)});
   }
   for (auto& a : p.args) p.argv.push_back(a.data());
   p.argv.push_back(nullptr);
@@ -148,7 +171,7 @@ void setup_stdio(const Prepared& p) {
   fail_child(p, errno);
 }
 
-// "child-pid": N from bwrap's --info-fd JSON, or 0 while not (yet) there.
+// "child-pid": N from bwrap's --info-fd JSON, or 0 while not (yet) there. Async-signal-safe.
 pid_t parse_child_pid(const char* buf, std::size_t len) {
   static constexpr char key[] = "\"child-pid\"";
   for (std::size_t i = 0; i + sizeof key - 1 <= len; ++i) {
@@ -169,6 +192,39 @@ pid_t parse_child_pid(const char* buf, std::size_t len) {
 void send_to_command(pid_t command, int sig) {
   if (::kill(-command, sig) != 0) ::kill(command, sig);  // before its setsid: the process only
 }
+
+// The command's pid as bwrap reports it on --info-fd, and the signals that arrived before it was
+// known, sent once it is. No allocation: used in the forwarding child too.
+class CommandSignals {
+ public:
+  explicit CommandSignals(pid_t command = 0) : m_command(command) {}
+
+  // Reads what `fd` (readable) holds; false once it is at its end (or the buffer full).
+  bool read_info(int fd) {
+    ssize_t n = ::read(fd, m_info + m_len, sizeof m_info - m_len);
+    if (n < 0) return errno == EINTR || errno == EAGAIN;
+    m_len += static_cast<std::size_t>(n);
+    if (m_command == 0 && (m_command = parse_child_pid(m_info, m_len)) != 0) {
+      for (int sig = 1; sig < 64; ++sig)
+        if ((m_pending & (std::uint64_t{1} << sig)) != 0) send_to_command(m_command, sig);
+      m_pending = 0;
+    }
+    return n > 0 && m_len < sizeof m_info;
+  }
+
+  void send(int sig) {
+    if (m_command != 0)
+      send_to_command(m_command, sig);
+    else if (sig > 0 && sig < 64)
+      m_pending |= std::uint64_t{1} << sig;
+  }
+
+ private:
+  pid_t m_command = 0;
+  std::uint64_t m_pending = 0;  // bit N: signal N arrived before the command's pid was known
+  char m_info[1024];
+  std::size_t m_len = 0;
+};
 
 // The forwarding process: runs bwrap in its own process group, passes signals on to the command's
 // process group, exits with bwrap's status.
@@ -192,23 +248,13 @@ void send_to_command(pid_t command, int sig) {
   }
   ::close(p.info_write.get());
   ::close(p.error_write.get());
-  char info[1024];
-  std::size_t info_len = 0;
+  CommandSignals command;
   bool info_open = true;
-  pid_t command = 0;
-  unsigned pending = 0;  // bit i: k_forwarded[i] arrived before the command's pid was known
   for (;;) {
     struct pollfd fds[2] = {{sfd, POLLIN, 0}, {p.info_read.get(), POLLIN, 0}};
     if (::poll(fds, info_open ? 2 : 1, -1) < 0 && errno != EINTR) ::_exit(k_exec_failed);
-    if (info_open && (fds[1].revents & (POLLIN | POLLHUP)) != 0) {
-      ssize_t n = ::read(p.info_read.get(), info + info_len, sizeof info - info_len);
-      if (n > 0) info_len += static_cast<std::size_t>(n);
-      if (n <= 0 || info_len == sizeof info) info_open = false;
-      if (command == 0 && (command = parse_child_pid(info, info_len)) != 0) {
-        for (std::size_t i = 0; i < k_forwarded.size(); ++i)
-          if ((pending & (1u << i)) != 0) send_to_command(command, k_forwarded[i]);
-      }
-    }
+    if (info_open && (fds[1].revents & (POLLIN | POLLHUP)) != 0)
+      info_open = command.read_info(p.info_read.get());
     if ((fds[0].revents & POLLIN) == 0) continue;
     struct signalfd_siginfo si {};
     if (::read(sfd, &si, sizeof si) != static_cast<ssize_t>(sizeof si)) continue;
@@ -221,20 +267,15 @@ void send_to_command(pid_t command, int sig) {
       }
       continue;
     }
-    for (std::size_t i = 0; i < k_forwarded.size(); ++i) {
-      if (k_forwarded[i] != sig) continue;
-      if (command != 0)
-        send_to_command(command, sig);
-      else
-        pending |= 1u << i;
-    }
+    if (std::find(k_forwarded.begin(), k_forwarded.end(), sig) != k_forwarded.end())
+      command.send(sig);
   }
 }
 
 // ---- in the parent ------------------------------------------------------------------------------
 
-// Forks the child (the command itself, or the forwarder for bwrap) in a session of its own and
-// waits until it exec'd. Returns its pid.
+// For spawn_background: forks the child (the command itself, or the forwarder for bwrap) in a
+// session of its own and waits until it exec'd. Returns its pid.
 Result<pid_t> start(Prepared& p) {
   sigset_t all, previous;
   ::sigfillset(&all);
@@ -264,6 +305,39 @@ Result<pid_t> start(Prepared& p) {
   return pid;
 }
 
+// Starts the command (or bwrap) for run_foreground with posix_spawn, which glibc does with
+// clone(CLONE_VM | CLONE_VFORK): no copy of this large process's page tables, and none of the
+// copy-on-write faults a fork costs it afterwards (several ms on slow VMs). Same child set-up as
+// exec_child: a session of its own, default dispositions and an empty mask, descriptors from 3 up
+// closed but the --info-fd pipe, the plan's directory. Returns its pid once exec'd.
+Result<pid_t> spawn_command(Prepared& p) {
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  sigset_t all, none;
+  ::sigfillset(&all);
+  ::sigemptyset(&none);
+  int rc = posix_spawnattr_setflags(
+      &attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &all);
+  if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+  int first_closed = 3;
+  if (rc == 0 && p.info_write.valid()) {
+    rc = posix_spawn_file_actions_adddup2(&actions, p.info_write.get(), k_spawned_info_fd);
+    first_closed = k_spawned_info_fd + 1;
+  }
+  if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, first_closed);
+  if (rc == 0) rc = posix_spawn_file_actions_addchdir_np(&actions, p.cwd.c_str());
+  pid_t pid = 0;
+  if (rc == 0) rc = ::posix_spawn(&pid, p.argv[0], &actions, &attr, p.argv.data(), p.envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  p.info_write = UniqueFd();
+  if (rc != 0) return unexpected(Error::from_errno("start " + p.args.front(), rc));
+  return pid;
+}
+
 int exit_code_of(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -285,40 +359,49 @@ extern "C" void on_forwarded_signal(int sig) {
 
 Result<int> run_foreground(const LaunchPlan& plan) {
   std::lock_guard lock(g_foreground_mutex);
-  ENVD_TRY(Prepared p, prepare(plan));
+  ENVD_TRY(Prepared p, prepare(plan, Forwarder::caller));
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
     return unexpected(Error::from_errno("pipe", errno));
   UniqueFd signal_read(fds[0]), signal_write(fds[1]);
   g_signal_pipe = signal_write.get();
-  constexpr std::array<int, 2> k_caught = {SIGINT, SIGTERM};
-  std::array<struct sigaction, k_caught.size()> previous{};
+  // Signals the caller ignores (nohup, a background job's SIGINT) stay ignored: not forwarded.
+  std::array<struct sigaction, k_forwarded.size()> previous{};
+  std::array<bool, k_forwarded.size()> caught{};
   struct sigaction sa {};
   sa.sa_handler = on_forwarded_signal;
   sa.sa_flags = SA_RESTART;
   ::sigemptyset(&sa.sa_mask);
-  for (std::size_t i = 0; i < k_caught.size(); ++i) ::sigaction(k_caught[i], &sa, &previous[i]);
+  for (std::size_t i = 0; i < k_forwarded.size(); ++i) {
+    ::sigaction(k_forwarded[i], nullptr, &previous[i]);
+    caught[i] = previous[i].sa_handler != SIG_IGN;
+    if (caught[i]) ::sigaction(k_forwarded[i], &sa, nullptr);
+  }
   auto restore = [&] {
-    for (std::size_t i = 0; i < k_caught.size(); ++i)
-      ::sigaction(k_caught[i], &previous[i], nullptr);
+    for (std::size_t i = 0; i < k_forwarded.size(); ++i)
+      if (caught[i]) ::sigaction(k_forwarded[i], &previous[i], nullptr);
     g_signal_pipe = -1;
   };
 
-  auto pid = start(p);
+  auto pid = spawn_command(p);
   if (!pid) {
     restore();
     return unexpected(pid.error());
   }
+  // With bwrap this process is bwrap's parent: the command's pid comes from --info-fd.
+  CommandSignals command(p.bwrap ? 0 : *pid);
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, *pid, 0)));
   int status = 0;
   for (;;) {
-    struct pollfd pfds[2] = {{signal_read.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+    struct pollfd pfds[3] = {{signal_read.get(), POLLIN, 0},
+                             {pidfd.valid() ? pidfd.get() : -1, POLLIN, 0},
+                             {p.info_read.valid() ? p.info_read.get() : -1, POLLIN, 0}};
     // Without pidfds (Linux < 5.3) the child is polled for every 20 ms.
-    ::poll(pfds, pidfd.valid() ? 2 : 1, pidfd.valid() ? -1 : 20);
+    ::poll(pfds, 3, pidfd.valid() ? -1 : 20);
+    if ((pfds[2].revents & (POLLIN | POLLHUP | POLLERR)) != 0 && !command.read_info(pfds[2].fd))
+      p.info_read = UniqueFd();
     unsigned char sig = 0;
-    while (::read(signal_read.get(), &sig, 1) == 1) {
-      if (::kill(-*pid, sig) != 0) ::kill(*pid, sig);
-    }
+    while (::read(signal_read.get(), &sig, 1) == 1) command.send(sig);
     pid_t done = ::waitpid(*pid, &status, WNOHANG);
     if (done == *pid) break;
     if (done < 0 && errno != EINTR) {
@@ -331,7 +414,7 @@ Result<int> run_foreground(const LaunchPlan& plan) {
 }
 
 Result<pid_t> spawn_background(const LaunchPlan& plan, const std::filesystem::path& log_file) {
-  ENVD_TRY(Prepared p, prepare(plan));
+  ENVD_TRY(Prepared p, prepare(plan, Forwarder::child));
   ENVD_TRY(p.stdin_fd, high_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC), "open /dev/null"));
   ENVD_TRY(p.output_fd,
            high_fd(::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644),

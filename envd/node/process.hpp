@@ -15,23 +15,29 @@ namespace envd::node {
 // - The command runs in a session of its own (no controlling terminal), so a terminal's ^C or a
 //   kill of the caller's process group reaches the caller, not the command directly.
 // - bubblewrap forwards no signal and, with --die-with-parent, takes the command down with it
-//   (SIGKILL) when it dies. So with isolation bwrap the child is a small forwarding process (a
-//   fork of the caller that only makes async-signal-safe calls) running bwrap in a process group
-//   of its own: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to it (or to its
-//   process group) go to the command's process group (pid from bwrap's --info-fd), and it exits
-//   with bwrap's status, which is the command's. SIGKILL to it kills bwrap and so the command.
-// - With isolation none the child is the command itself.
-// Either way the pid returned can be signalled and reaped like the command's own.
+//   (SIGKILL) when it or its parent dies. Someone must pass signals on to the command's process
+//   group, whose pid bwrap reports on --info-fd: the caller itself (run_foreground) or a
+//   forwarding child (spawn_background).
+// - The signals passed on: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2; one that
+//   arrives before bwrap reported the pid is sent once it has.
 
 // Runs the plan in the foreground and waits: returns the command's exit code (128+N when killed
-// by signal N). SIGINT and SIGTERM received meanwhile are forwarded to the child. One call at a
-// time per process (they share the signal handlers; a second caller waits).
+// by signal N; through bwrap, whose status is the command's). The forwarded signals received
+// meanwhile (except those the caller ignores, e.g. under nohup) go to the command's process group.
+// With bwrap this process is bwrap's parent and forwards itself (no extra process): should it
+// die (SIGKILL), or the calling thread exit, bwrap and the command are killed too.
+// One call at a time per process (they share the signal handlers; a second caller waits).
 // Errors: not_found (command or bwrap missing), io (fork/exec failed).
 Result<int> run_foreground(const LaunchPlan& plan);
 
 // Starts the plan in its own process group with stdin from /dev/null and stdout and stderr
 // appended to `log_file` (created). Returns the child's pid once the program was exec'd; the
-// caller reaps it. Thread-safe. Errors: io naming the log file or the command, not_found.
+// caller reaps it, and signals it (or its process group) as the command's own. With isolation
+// none the child is the command itself. With bwrap it is a small forwarding process (a fork of
+// the caller that only makes async-signal-safe calls; it does not depend on the calling thread
+// living on) running bwrap in a process group of its own: the forwarded signals sent to it go to
+// the command's process group, it exits with bwrap's status, and SIGKILL to it kills bwrap and so
+// the command. Thread-safe. Errors: io naming the log file or the command, not_found.
 Result<pid_t> spawn_background(const LaunchPlan& plan, const std::filesystem::path& log_file);
 
 }  // namespace envd::node

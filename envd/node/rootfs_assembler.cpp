@@ -1,5 +1,6 @@
 // Assembles a root filesystem from unpacked layers by hardlinking their files (no data copied)
-// and applying OCI whiteouts, every step relative to directory fds opened with O_NOFOLLOW.
+// and applying OCI whiteouts, every step relative to directory fds opened with O_NOFOLLOW; an envd
+// image's roots are recorded beside it.
 // Whiteouts: https://github.com/opencontainers/image-spec/blob/v1.1.0/layer.md#whiteouts
 #include "envd/node/rootfs_assembler.hpp"
 
@@ -12,6 +13,7 @@
 #include <map>
 #include <string_view>
 
+#include "envd/node/image_roots.hpp"
 #include "envd/node/safe_dir.hpp"
 
 namespace envd::node {
@@ -170,21 +172,49 @@ class Assembler {
 
 }  // namespace
 
-Result<AssembleStats> assemble_rootfs(const std::vector<std::filesystem::path>& layers,
-                                      const std::filesystem::path& dest) {
+struct RootfsAssembly::State {
+  std::filesystem::path dest;
+  UniqueFd dest_fd;
+  AssembleStats stats;
+  Assembler assembler{stats};
+};
+
+RootfsAssembly::RootfsAssembly(std::unique_ptr<State> state) : m_state(std::move(state)) {}
+RootfsAssembly::RootfsAssembly(RootfsAssembly&&) noexcept = default;
+RootfsAssembly& RootfsAssembly::operator=(RootfsAssembly&&) noexcept = default;
+RootfsAssembly::~RootfsAssembly() = default;
+
+Result<RootfsAssembly> RootfsAssembly::start(const std::filesystem::path& dest) {
   if (::mkdir(dest.c_str(), 0700) != 0)
     return unexpected(Error::from_errno("create rootfs " + dest.string(), errno));
-  UniqueFd dest_fd(::open(dest.c_str(), k_nofollow_dir_flags));
-  if (!dest_fd.valid()) return unexpected(Error::from_errno("open rootfs " + dest.string(), errno));
-  AssembleStats stats;
-  Assembler assembler(stats);
-  for (const std::filesystem::path& layer : layers) {
-    auto r = assembler.merge_layer(layer, dest_fd.get());
-    if (!r) return unexpected(r.error().with_context("assemble " + dest.string()));
-  }
-  auto r = assembler.finish(dest_fd.get());
-  if (!r) return unexpected(r.error().with_context("assemble " + dest.string()));
-  return stats;
+  auto state = std::make_unique<State>();
+  state->dest = dest;
+  state->dest_fd = UniqueFd(::open(dest.c_str(), k_nofollow_dir_flags));
+  if (!state->dest_fd.valid())
+    return unexpected(Error::from_errno("open rootfs " + dest.string(), errno));
+  return RootfsAssembly(std::move(state));
+}
+
+Result<void> RootfsAssembly::add_layer(const std::filesystem::path& layer) {
+  auto r = m_state->assembler.merge_layer(layer, m_state->dest_fd.get());
+  if (!r) return unexpected(r.error().with_context("assemble " + m_state->dest.string()));
+  return {};
+}
+
+Result<AssembleStats> RootfsAssembly::finish() {
+  const std::string what = "assemble " + m_state->dest.string();
+  auto r = m_state->assembler.finish(m_state->dest_fd.get());
+  if (!r) return unexpected(r.error().with_context(what));
+  auto recorded = detail::write_roots_record(m_state->dest);
+  if (!recorded) return unexpected(recorded.error().with_context(what));
+  return m_state->stats;
+}
+
+Result<AssembleStats> assemble_rootfs(const std::vector<std::filesystem::path>& layers,
+                                      const std::filesystem::path& dest) {
+  ENVD_TRY(auto assembly, RootfsAssembly::start(dest));
+  for (const std::filesystem::path& layer : layers) ENVD_TRY_VOID(assembly.add_layer(layer));
+  return assembly.finish();
 }
 
 }  // namespace envd::node

@@ -135,8 +135,9 @@ Probe probe_bwrap(const std::string& bwrap) {
   if (it != g_probes.end()) return it->second;
   const auto memo = probe_memo_file();
   const std::string key = probe_memo_key(bwrap);
-  Probe probe = memo_says_works(memo, key) ? Probe{true, {}} : run_probe(bwrap);
-  if (probe.ok && !key.empty() && !memo_says_works(memo, key))
+  const bool remembered = memo_says_works(memo, key);
+  Probe probe = remembered ? Probe{true, {}} : run_probe(bwrap);
+  if (probe.ok && !key.empty() && !remembered)
     (void)write_file_atomic(memo, key, 0600);  // best effort: a cache
   g_probes.emplace(bwrap, probe);
   return probe;
@@ -372,7 +373,7 @@ Result<LaunchPlan> plan_launch(const RunSpec& spec) {
       foreign_root_args(rootfs, args);
       host_of = [&rootfs](const std::string& p) { return rootfs.string() + p; };
     } else {
-      ENVD_TRY(auto roots, detail::read_image_roots(rootfs / detail::k_snapshot_in_image));
+      ENVD_TRY(auto roots, detail::load_image_roots(rootfs));
       ENVD_TRY(auto mounts, detail::plan_host_mounts(rootfs, roots));
       args.insert(args.end(), mounts.args.begin(), mounts.args.end());
       plan.notes.insert(plan.notes.end(), mounts.notes.begin(), mounts.notes.end());
@@ -384,7 +385,7 @@ Result<LaunchPlan> plan_launch(const RunSpec& spec) {
       };
     }
   } else {
-    ENVD_TRY(auto roots, detail::read_image_roots(rootfs / detail::k_snapshot_in_image));
+    ENVD_TRY(auto roots, detail::load_image_roots(rootfs));
     ENVD_TRY(auto relocation, detail::relocate_image(rootfs, roots, spec.relocation_dir));
     plan.notes.insert(plan.notes.end(), relocation.notes.begin(), relocation.notes.end());
     for (auto& [key, value] : env.entries()) value = detail::rewrite_paths(value, relocation.moves);

@@ -50,13 +50,14 @@ struct LaunchPlan {
 // Plans how to run spec.command. The environment is the image's Env with extra_env on top (PATH
 // defaulting to the usual one, HOME to the user's home directory); the directory is WorkingDir.
 //
-// Images built by envd (with /.envd/snapshot.json) keep the host's root (its /etc, /proc, /dev,
-// /tmp, data directories, network) and get the image's environment prefixes and source roots
-// mounted read only at their absolute paths; a partial environment (a venv's base interpreter,
-// e.g. part of /usr) only where the host lacks or differs from the image's files. Nothing is ever
-// created on the host to make a mount point. Other images (e.g. busybox) get the image root as /,
-// read only, with fresh /proc, /dev and /tmp. No pid or network namespace in either case: workers
-// keep the host's network, and signals reach them through process.hpp.
+// Images built by envd (with /.envd/snapshot.json; where their files belong is read from the
+// roots record written at assembly, ROOTFS.roots.json, else from the snapshot) keep the host's root
+// (its /etc, /proc, /dev, /tmp, data directories, network) and get the image's environment prefixes
+// and source roots mounted read only at their absolute paths; a partial environment (a venv's base
+// interpreter, e.g. part of /usr) only where the host lacks or differs from the image's files.
+// Nothing is ever created on the host to make a mount point. Other images (e.g. busybox) get the
+// image root as /, read only, with fresh /proc, /dev and /tmp. No pid or network namespace in
+// either case: workers keep the host's network, and signals reach them through process.hpp.
 //
 // isolation automatic picks bwrap when `bwrap` (found on PATH) can make a namespace here (probed
 // once per process and bwrap path), else none. none relocates (see RunSpec::relocation_dir) and

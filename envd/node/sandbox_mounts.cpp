@@ -267,6 +267,7 @@ class TreeBuilder {
       }
       // Missing on the host, or another kind of entry there: needs a mount point on a tmpfs.
       if (node->kind == Node::Kind::host) node->kind = Node::Kind::graft;
+      if (node == &m_root) m_root_needs_tmpfs = true;
       Node& child = node->children[host.parts[k]];
       if (S_ISLNK(ist.st_mode))
         child = Node{Node::Kind::image_symlink, read_link(source), {}};
@@ -277,7 +278,20 @@ class TreeBuilder {
     return {};
   }
 
+  // The host's root is shown by one recursive bind of / when nothing has to be created at the
+  // top level (neither an image entry the host lacks nor the mirror root of a big graft): ~25
+  // fewer binds than putting each top-level entry back on bwrap's tmpfs root, which costs a few
+  // ms per launch. Both keep /dev the only mount without nodev.
   Result<MountPlan> emit() {
+    if (!m_root_needs_tmpfs) {
+      MountPlan plan;
+      add(plan, {"--bind", "/", "/", "--dev-bind", "/dev", "/dev"});
+      plan.mounts += 2;
+      m_mirrored = false;
+      for (const auto& [name, child] : m_root.children)
+        ENVD_TRY_VOID(emit_node(child, "/" + name, false, plan));
+      if (!m_mirrored) return plan;
+    }
     MountPlan plan;
     ENVD_TRY_VOID(emit_node(m_root, "", false, plan));
     return plan;
@@ -356,6 +370,7 @@ class TreeBuilder {
     const bool mirror = !path.empty() && binds > k_max_graft_binds;
     const std::string mirror_dir = std::string(k_mirror_root) + path;
     if (mirror) {
+      m_mirrored = true;
       add(plan, {"--bind", dir, mirror_dir});
       ++plan.mounts;
     }
@@ -378,6 +393,8 @@ class TreeBuilder {
 
   std::string m_rootfs;
   Node m_root;
+  bool m_root_needs_tmpfs = false;  // an image entry goes where the host's / has nothing
+  bool m_mirrored = false;          // emit used the mirror root (/.envd-host)
 };
 
 }  // namespace

@@ -34,17 +34,18 @@ struct MountPlan {
   std::vector<std::string> notes;
 };
 
-// bwrap options that rebuild the host's root on bwrap's tmpfs root (each top-level entry bound
-// read-write, /dev with devices, symlinks recreated) and show the image's environments and source
-// roots at their absolute paths, read only. Nothing is ever created on the host: where an image
-// path is missing on the host, the deepest host directory above it is "grafted" (a tmpfs with the
-// host's entries bound or linked back) and the image's topmost missing directory bound there. A
-// partial environment shows only its entries that differ from the host's (partial_differences).
-// Grafts of directories with more than a few dozen entries link the host's entries as symlinks
-// into a read-write bind of that directory under /.envd-host instead of one bind each (bwrap's
-// bind cost grows with the mount count: 1300 binds take ~1.3 s, 1300 symlinks ~60 ms).
-// Errors: invalid_argument (an image root missing from the rootfs is skipped with a note, not an
-// error), io.
+// bwrap options that show the host's root (one recursive read-write bind of /, or, when an image
+// path must be created at the top level, each top-level entry bound read-write on bwrap's tmpfs
+// root, symlinks recreated; either way /dev with devices, all else nodev) and the image's
+// environments and source roots at their absolute paths, read only. Nothing is ever created on the
+// host: where an image path is missing on the host, the deepest host directory above it is
+// "grafted" (a tmpfs with the host's entries bound or linked back) and the image's topmost missing
+// directory bound there. A partial environment shows only its entries that differ from the host's
+// (partial_differences). Grafts of directories with more than a few dozen entries link the host's
+// entries as symlinks into a read-write bind of that directory under /.envd-host instead of one
+// bind each (bwrap's bind cost grows with the mount count: 1300 binds take ~1.3 s, 1300 symlinks
+// ~60 ms). Errors: invalid_argument (an image root missing from the rootfs is skipped with a note,
+// not an error), io.
 Result<MountPlan> plan_host_mounts(const std::filesystem::path& rootfs, const ImageRoots& roots);
 
 // The host path holding what the sandbox shows at `sandbox_path` under `plan`.

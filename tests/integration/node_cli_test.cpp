@@ -148,6 +148,33 @@ TEST_CASE("envd node pull and run an image envd push built: local store and envd
   auto exit7 = envd({"node", "run", "team/env:v1", "--", "/bin/sh", "-c", "exit 7"}, env);
   CHECK(exit7.exit_code == 7);
 
+  // Assembly recorded the image's roots beside the rootfs (what a run reads instead of the
+  // snapshot). Without the record (an environment assembled by an older envd), or with a damaged
+  // one, the run reads the snapshot; a damaged one is reported.
+  const fs::path record = rootfs.string() + ".roots.json";
+  REQUIRE(fs::exists(record));
+  auto snapshot = json::parse(read_file(rootfs / ".envd/snapshot.json"));
+  auto recorded = json::parse(read_file(record));
+  CHECK(recorded["environments"].size() == 1);
+  CHECK(recorded["environments"][0]["prefix"] == snapshot["environments"][0]["prefix"]);
+  CHECK(recorded["environments"][0]["prefix"].get<std::string>().ends_with("/env"));
+  const std::string record_text = read_file(record);
+  for (const char* damage : {"removed", "{\"media_type\": 1}"}) {
+    CAPTURE(damage);
+    if (std::string_view(damage) == "removed")
+      fs::remove(record);
+    else
+      write_file(record, damage);
+    auto fallback =
+        envd({"node", "run", "team/env:v1", "--", (prefix / "bin/python3").string()}, env);
+    INFO("node run stderr: " << fallback.err);
+    CHECK(fallback.exit_code == 0);
+    CHECK(fallback.out == "python from the image, args: \n");
+    CHECK((fallback.err.find("roots record unusable") != std::string::npos) ==
+          (std::string_view(damage) != "removed"));
+  }
+  write_file(record, record_text);
+
   // The same image from `envd builder serve`, into another data dir.
   envd::test::Serve serve({"--listen", "127.0.0.1:0", "--data", (dir / "home/builder").string()},
                           env, dir / "serve.log");

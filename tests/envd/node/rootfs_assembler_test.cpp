@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "envd/node/image_roots.hpp"
 #include "envd/node/layer_unpacker.hpp"
 #include "support/layer_forge.hpp"
 #include "support/run_command.hpp"
@@ -211,6 +212,33 @@ TEST_CASE("escaping whiteouts in a layer directory are refused, naming layer and
     CHECK(r.error().message().find("sub/" + bad) != std::string::npos);
     CHECK(w.canary_intact());
   }
+}
+
+TEST_CASE("an envd image's roots are recorded beside its rootfs; other images get no record") {
+  using E = ForgeEntry;
+  Workspace w;
+  const std::string snapshot =
+      R"({"environments":[{"kind":"venv","packages":[],"partial":false,"prefix":"/opt/env",)"
+      R"("unowned":[]}],"sources":[{"files":[],"root":"/srv/app"}]})";
+  w.add({E::file("opt/env/bin/python", "elf", 0755), E::dir(".envd", 0555),
+         E::file(".envd/snapshot.json", R"({"environments":[]})")});
+  // The upper layer's snapshot is the one that counts.
+  w.add({E::file(".envd/snapshot.json", snapshot)});
+  auto r = assemble_rootfs(w.layers, w.rootfs);
+  REQUIRE_MESSAGE(r, (r ? "" : r.error().message()));
+  const fs::path record = w.scratch / "rootfs.roots.json";
+  auto roots = node::detail::read_roots_record(record);
+  REQUIRE_MESSAGE(roots, (roots ? "" : roots.error().message()));
+  REQUIRE(roots->environments.size() == 1);
+  CHECK(roots->environments[0].prefix == "/opt/env");
+  CHECK(roots->sources == std::vector<std::string>{"/srv/app"});
+  CHECK_FALSE(exists_nofollow(w.rootfs / ".envd/roots.json"));  // nothing added to the image
+
+  Workspace plain;
+  plain.add({E::file("bin/sh", "elf", 0755)});
+  auto p = assemble_rootfs(plain.layers, plain.rootfs);
+  REQUIRE(p);
+  CHECK_FALSE(exists_nofollow(plain.scratch / "rootfs.roots.json"));
 }
 
 TEST_CASE("bad destinations and layers") {

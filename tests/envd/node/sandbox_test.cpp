@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "envd/node/image_roots.hpp"
 #include "envd/node/process.hpp"
 #include "envd/node/sandbox.hpp"
 #include "support/scratch_dir.hpp"
@@ -148,6 +149,20 @@ std::vector<std::string> command_of(const LaunchPlan& plan) {
 const std::string k_bounded_wait =
     "i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 9";
 
+// The names in a directory (not below it): "/" is too big for tree_listing.
+std::vector<std::string> tree_listing_top(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Whether `args` appear one after the other in the plan's command line.
+bool has_args(const LaunchPlan& plan, const std::vector<std::string>& args) {
+  return std::search(plan.argv.begin(), plan.argv.end(), args.begin(), args.end()) !=
+         plan.argv.end();
+}
+
 bool argv_mentions(const LaunchPlan& plan, std::string_view text) {
   return std::any_of(plan.argv.begin(), plan.argv.end(),
                      [&](const std::string& a) { return a.find(text) != std::string::npos; });
@@ -280,6 +295,9 @@ TEST_CASE("an envd image: image paths at their absolute paths, host root kept, h
   auto plan = envd::node::plan_launch(spec);
   REQUIRE_MESSAGE(plan, (plan ? "" : plan.error().message()));
   CHECK(command_of(*plan).front() == "/usr/bin/sh");
+  // Nothing new at the top level: the host's root is one bind, /dev bound again with devices.
+  CHECK(has_args(*plan, {"--bind", "/", "/", "--dev-bind", "/dev", "/dev"}));
+  CHECK_FALSE(has_args(*plan, {"--bind", "/etc", "/etc"}));
   std::string os_release = read_file("/etc/os-release");
   auto r = run(*plan, dir);
   CHECK(r.code == 0);
@@ -297,6 +315,34 @@ TEST_CASE("an envd image: image paths at their absolute paths, host root kept, h
   REQUIRE(exit42);
   CHECK(*envd::node::run_foreground(*exit42) == 42);
   CHECK_FALSE(exists_on_host(img.top));
+}
+
+TEST_CASE("an image path missing at the host's top level: / is rebuilt, the host's entries kept") {
+  ScratchDir dir;
+  const std::string top = "/envd-test-" + random_hex();
+  const std::string prefix = top + "/env";
+  const fs::path rootfs = dir / "rootfs";
+  write_exec(rootfs / (prefix.substr(1) + "/bin/hello"), "#!/bin/sh\necho hello from the top\n");
+  write_snapshot(rootfs, {{prefix, "venv", false}}, {});
+  const auto root_before = tree_listing_top("/");
+  RunSpec spec;
+  spec.rootfs = rootfs;
+  spec.command = {"sh", "-c",
+                  "hello; head -1 /etc/os-release; ls " + dir.path().string() +
+                      " >/dev/null && echo tmp; echo x > /dev/null && echo dev"};
+  spec.image_env = {"PATH=" + prefix + "/bin:/usr/bin:/bin"};
+  spec.isolation = Isolation::bwrap;
+  auto plan = envd::node::plan_launch(spec);
+  REQUIRE_MESSAGE(plan, (plan ? "" : plan.error().message()));
+  CHECK_FALSE(has_args(*plan, {"--bind", "/", "/"}));  // bwrap's tmpfs root, entries bound on it
+  CHECK(has_args(*plan, {"--bind", "/etc", "/etc"}));
+  auto r = run(*plan, dir);
+  const std::string os_release = read_file("/etc/os-release");
+  CHECK(r.code == 0);
+  CHECK(r.out ==
+        "hello from the top\n" + os_release.substr(0, os_release.find('\n') + 1) + "tmp\ndev\n");
+  CHECK_FALSE(exists_on_host(top));
+  CHECK(tree_listing_top("/") == root_before);
 }
 
 TEST_CASE("a source tree missing beside host entries: their directory is grafted, nothing hidden") {
@@ -536,6 +582,39 @@ TEST_CASE("a snapshot with a prefix that is not a normalised absolute path is re
   CHECK(envd::node::plan_launch(spec).error().code() == ErrorCode::invalid_argument);
 }
 
+TEST_CASE("the launch reads the roots record, else (none, or damaged) the snapshot") {
+  ScratchDir dir;
+  EnvdImage img = make_envd_image(dir);
+  RunSpec spec;
+  spec.rootfs = img.rootfs;
+  spec.command = {"sh", "-c",
+                  "test -e " + img.prefix + "/bin/hello && echo present || echo absent"};
+  spec.isolation = Isolation::bwrap;
+  // No record: the snapshot's roots are mounted.
+  auto from_snapshot = envd::node::plan_launch(spec);
+  REQUIRE_MESSAGE(from_snapshot, (from_snapshot ? "" : from_snapshot.error().message()));
+  CHECK(argv_mentions(*from_snapshot, img.rootfs.string()));
+  CHECK(run(*from_snapshot, dir).out == "present\n");
+
+  // A record naming no roots at all: what is mounted follows it, not the snapshot.
+  const fs::path record = envd::node::detail::roots_record_path(img.rootfs);
+  CHECK(record == dir / "rootfs.roots.json");
+  write_file(record, envd::node::detail::roots_record_text({}));
+  auto from_record = envd::node::plan_launch(spec);
+  REQUIRE_MESSAGE(from_record, (from_record ? "" : from_record.error().message()));
+  CHECK_FALSE(argv_mentions(*from_record, img.rootfs.string()));
+  auto r = run(*from_record, dir);
+  CHECK(r.code == 0);
+  CHECK(r.out == "absent\n");
+
+  // A damaged record is ignored: the snapshot again.
+  write_file(record, "{\"media_type\": \"application/vnd.envd.image-roots.v1+json\"");
+  auto damaged = envd::node::plan_launch(spec);
+  REQUIRE_MESSAGE(damaged, (damaged ? "" : damaged.error().message()));
+  CHECK(argv_mentions(*damaged, img.rootfs.string()));
+  CHECK(run(*damaged, dir).out == "present\n");
+}
+
 TEST_CASE("run_foreground passes exit codes and signals, and forwards SIGTERM to the command") {
   ScratchDir dir;
   LaunchPlan plan;
@@ -569,6 +648,80 @@ TEST_CASE("run_foreground passes exit codes and signals, and forwards SIGTERM to
     killer.join();
     REQUIRE(code);
     CHECK(*code == 5);
+  }
+}
+
+TEST_CASE("run_foreground through bwrap: no process between the caller and bwrap; exit codes") {
+  ScratchDir dir;
+  EnvdImage img = make_envd_image(dir);
+  RunSpec spec;
+  spec.rootfs = img.rootfs;
+  spec.isolation = Isolation::bwrap;
+  const fs::path out = dir / "parents";
+  // The command's parent is bwrap (no pid namespace: host pids); bwrap's parent is this process.
+  spec.command = {"sh", "-c", "awk '{print $4}' /proc/$PPID/stat > " + out.string() + "; exit 6"};
+  auto parents = envd::node::plan_launch(spec);
+  REQUIRE(parents);
+  CHECK(*envd::node::run_foreground(*parents) == 6);
+  CHECK(std::stoi(read_file(out)) == ::getpid());
+
+  spec.command = {"sh", "-c", "kill -KILL $$"};
+  auto killed = envd::node::plan_launch(spec);
+  REQUIRE(killed);
+  CHECK(*envd::node::run_foreground(*killed) == 128 + SIGKILL);
+
+  // A descriptor the caller left inheritable reaches neither bwrap's command nor a plain one.
+  const int opened = ::open("/dev/null", O_RDONLY);
+  const int leaky = ::fcntl(opened, F_DUPFD, 20);  // inheritable, above bwrap's --info-fd (3)
+  ::close(opened);
+  REQUIRE(leaky >= 20);
+  for (Isolation isolation : {Isolation::bwrap, Isolation::none}) {
+    CAPTURE(isolation == Isolation::bwrap);
+    spec.isolation = isolation;
+    spec.relocation_dir = dir / ("reloc-" + random_hex());
+    spec.command = {"sh", "-c",
+                    "test -e /proc/self/fd/" + std::to_string(leaky) + " && exit 1; exit 0"};
+    auto fd_plan = envd::node::plan_launch(spec);
+    REQUIRE(fd_plan);
+    CHECK(*envd::node::run_foreground(*fd_plan) == 0);
+  }
+  ::close(leaky);
+}
+
+TEST_CASE("run_foreground forwards SIGHUP too, but not a signal the caller ignores") {
+  ScratchDir dir;
+  EnvdImage img = make_envd_image(dir);
+  for (bool ignore_hup : {false, true}) {
+    CAPTURE(ignore_hup);
+    const fs::path ready = dir / ("ready-" + random_hex());
+    const fs::path events = dir / ("events-" + random_hex());
+    RunSpec spec;
+    spec.rootfs = img.rootfs;
+    spec.isolation = Isolation::bwrap;
+    // dash runs pending traps in signal number order: a forwarded HUP (1) is recorded before the
+    // TERM (15) that follows it ends the command.
+    spec.command = {"sh", "-c",
+                    "trap 'echo hup >> " + events.string() + "' HUP; trap 'exit 5' TERM; touch " +
+                        ready.string() + "; " + k_bounded_wait};
+    auto launch = envd::node::plan_launch(spec);
+    REQUIRE(launch);
+    struct sigaction ignore = {}, previous = {};
+    ignore.sa_handler = SIG_IGN;
+    if (ignore_hup) ::sigaction(SIGHUP, &ignore, &previous);
+    std::thread killer([&] {
+      if (!wait_for_file(ready)) return;
+      ::kill(::getpid(), SIGHUP);
+      ::kill(::getpid(), SIGTERM);
+    });
+    auto code = envd::node::run_foreground(*launch);
+    killer.join();
+    struct sigaction after = {};
+    ::sigaction(SIGHUP, nullptr, &after);
+    if (ignore_hup) ::sigaction(SIGHUP, &previous, nullptr);
+    REQUIRE(code);
+    CHECK(*code == 5);
+    CHECK(exists_on_host(events) == !ignore_hup);
+    CHECK((after.sa_handler == SIG_IGN) == ignore_hup);  // the caller's disposition is restored
   }
 }
 
