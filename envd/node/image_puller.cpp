@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -328,13 +329,22 @@ struct ImagePuller::Impl {
   }
 
   // Every layer, options.client.parallel_transfers at a time; the first failure stops new ones.
+  // With `assembly`, a thread merges each layer into it as soon as it and those below it are in
+  // place, so assembling overlaps downloading and unpacking the layers above.
   Result<LayerOutcome> pull_layers(Origin& origin, const std::vector<LayerRecord>& layers,
                                    const std::string& image, NodeStore::Durability durability,
-                                   PullProgress* progress, std::size_t& fetched_count) {
+                                   PullProgress* progress, std::size_t& fetched_count,
+                                   RootfsAssembly* assembly) {
     std::atomic<std::size_t> next{0};
     std::mutex mutex;
+    std::condition_variable layer_done;
+    std::vector<bool> done(layers.size(), false);
     std::optional<Error> failure;
     LayerOutcome total;
+    auto fail = [&](Error e) {  // mutex held
+      if (!failure) failure = std::move(e);
+      layer_done.notify_all();
+    };
     auto worker = [&] {
       for (;;) {
         {
@@ -348,17 +358,31 @@ struct ImagePuller::Impl {
                             " " + layer.blob.digest.str();
         auto r = pull_layer(origin, layer, label + " of " + image, durability, progress);
         std::lock_guard guard(mutex);
-        if (!r) {
-          if (!failure) failure = r.error().with_context(label);
-          return;
-        }
+        if (!r) return fail(r.error().with_context(label));
         if (progress != nullptr) ++progress->layers_done;
         if (r->fetched) ++fetched_count;
         total.bytes += r->bytes;
+        done[i] = true;
+        layer_done.notify_all();
+      }
+    };
+    auto assembler = [&] {
+      for (std::size_t i = 0; i < layers.size(); ++i) {
+        {
+          std::unique_lock lock(mutex);
+          layer_done.wait(lock, [&] { return done[i] || failure.has_value(); });
+          if (failure) return;
+        }
+        auto r = assembly->add_layer(store.layer_dir(layers[i].diff_id));
+        if (!r) {
+          std::lock_guard guard(mutex);
+          return fail(r.error().with_context("assemble environment"));
+        }
       }
     };
     std::size_t n = std::clamp<std::size_t>(options.client.parallel_transfers, 1, layers.size());
     std::vector<std::thread> threads;
+    if (assembly != nullptr) threads.emplace_back(assembler);
     for (std::size_t i = 1; i < n; ++i) threads.emplace_back(worker);
     worker();
     for (auto& t : threads) t.join();
@@ -366,19 +390,39 @@ struct ImagePuller::Impl {
     return total;
   }
 
-  Result<void> assemble(const oci::Digest& manifest, const std::vector<LayerRecord>& layers,
-                        const std::string& config_json, NodeStore::Durability durability) {
+  // Pulls the layers an image lacks and assembles its environment while they arrive, unless the
+  // environment is there (another pull made it first).
+  Result<LayerOutcome> pull_and_assemble(Origin& origin, const oci::Digest& manifest,
+                                         const std::vector<LayerRecord>& layers,
+                                         const std::string& config_json, const std::string& image,
+                                         PullProgress* progress, std::size_t& fetched_count) {
     ENVD_TRY(auto lock, store.lock(LockKind::env, manifest));
-    if (store.has_env(manifest)) return {};
+    if (store.has_env(manifest)) return LayerOutcome{};
+    // What this pull may create is committed without waiting for the disk, under a record that a
+    // restart before the next settle turns into their removal (deferred_sync.hpp). Records of
+    // earlier pulls old enough for the kernel to have written their data back are settled first:
+    // a cheap syncfs() then.
+    (void)store.settle_deferred_sync(k_settle_age);
+    std::vector<std::filesystem::path> creates;
+    for (const auto& l : layers)
+      if (!store.has_layer(l.diff_id)) creates.push_back(store.layer_dir(l.diff_id));
+    creates.push_back(store.env_dir(manifest));
+    ENVD_TRY(auto record, store.begin_deferred_sync(creates));
+    auto durability =
+        record.active() ? NodeStore::Durability::deferred : NodeStore::Durability::durable;
+
     ENVD_TRY(auto staging, store.make_staging("env"));
-    std::vector<std::filesystem::path> dirs;
-    for (const auto& l : layers) dirs.push_back(store.layer_dir(l.diff_id));
-    auto stats = assemble_rootfs(dirs, staging.path() / "rootfs");
+    ENVD_TRY(auto assembly, RootfsAssembly::start(staging.path() / "rootfs"));
+    ENVD_TRY(auto got,
+             pull_layers(origin, layers, image, durability, progress, fetched_count, &assembly));
+    auto stats = assembly.finish();
     if (!stats) return stats.error().with_context("assemble environment");
     ENVD_TRY_VOID(write_file_atomic(staging.path() / "image.json", config_json));
     if (durability == NodeStore::Durability::durable)
       ENVD_TRY_VOID(fsync_directory(staging.path()));
-    return store.commit_staging(staging, store.env_dir(manifest), durability);
+    ENVD_TRY_VOID(store.commit_staging(staging, store.env_dir(manifest), durability));
+    record.finish();
+    return got;
   }
 
   Result<PulledImage> to_pulled(const ImageRecord& rec, const std::string& reference) {
@@ -427,23 +471,9 @@ struct ImagePuller::Impl {
     if (progress != nullptr) progress->layers_total = layers.size();
 
     if (!store.has_env(manifest.digest)) {
-      // What this pull may create is committed without waiting for the disk, under a record that
-      // a restart before the next settle turns into their removal (deferred_sync.hpp). Records
-      // of earlier pulls old enough for the kernel to have written their data back are settled
-      // first: a cheap syncfs() then.
-      (void)store.settle_deferred_sync(k_settle_age);
-      std::vector<std::filesystem::path> creates;
-      for (const auto& l : layers)
-        if (!store.has_layer(l.diff_id)) creates.push_back(store.layer_dir(l.diff_id));
-      creates.push_back(store.env_dir(manifest.digest));
-      ENVD_TRY(auto record, store.begin_deferred_sync(creates));
-      auto durability =
-          record.active() ? NodeStore::Durability::deferred : NodeStore::Durability::durable;
-      ENVD_TRY(auto got,
-               pull_layers(*origin, layers, canonical, durability, progress, fetched_count));
+      ENVD_TRY(auto got, pull_and_assemble(*origin, manifest.digest, layers, *config_json,
+                                           canonical, progress, fetched_count));
       bytes += got.bytes;
-      ENVD_TRY_VOID(assemble(manifest.digest, layers, *config_json, durability));
-      record.finish();
     } else if (progress != nullptr) {
       progress->layers_done = layers.size();
     }
