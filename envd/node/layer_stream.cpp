@@ -216,7 +216,10 @@ Result<std::string_view> StreamDecoder::inflate_some() {
 }
 
 Result<std::string_view> StreamDecoder::zstd_some() {
-  if (m_pending.empty() && !m_flush) return std::string_view();
+  // No input: only output still inside the decompressor can come, and only from an unfinished
+  // frame. After a frame that ended exactly as it filled the buffer (rc 0), a call without input
+  // would start the next frame and report it unfinished: a spurious "truncated".
+  if (m_pending.empty() && (!m_flush || !m_in_frame)) return std::string_view();
   if (!m_pending.empty()) m_started = true;
   ZSTD_inBuffer in{m_pending.data(), m_pending.size(), 0};
   ZSTD_outBuffer out{m_codec->out.data(), m_codec->out.size(), 0};
