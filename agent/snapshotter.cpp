@@ -129,7 +129,7 @@ Result<SnapshotOutcome> take_snapshot(const SnapshotOptions& options, HashProgre
     cache = StatCache::in_memory();
   } else {
     log::PhaseTimer t("snapshot", "load stat cache");
-    ENVD_TRY(cache, StatCache::open(options.state_dir / "stat-cache.sqlite"));
+    ENVD_TRY(cache, StatCache::open(stat_cache_path(options.state_dir)));
   }
   HashProgress local_progress;
   Diagnostics diagnostics;

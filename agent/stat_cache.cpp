@@ -53,6 +53,10 @@ constexpr std::size_t k_entry_fixed_size = 4 + 5 * 8 + 32;  // all but the path 
 
 }  // namespace
 
+std::filesystem::path stat_cache_path(const std::filesystem::path& state_dir) {
+  return state_dir / "stat-cache.sqlite";
+}
+
 StatCacheRoot::Packer::Packer(std::size_t count, std::size_t path_bytes) {
   m_out.reserve(k_magic.size() + 8 + count * k_entry_fixed_size + path_bytes);
   m_out.append(k_magic);

@@ -64,6 +64,9 @@ class StatCacheRoot {
   std::vector<std::uint32_t> m_offsets;
 };
 
+// The stat cache's database under a state directory ($ENVD_HOME).
+std::filesystem::path stat_cache_path(const std::filesystem::path& state_dir);
+
 // Not thread-safe: one thread calls it (it may write in the background itself, see start_save).
 // Several processes may share one database: SQLite serialises their writes (WAL, busy timeout);
 // the last writer of a root wins, which is safe because every entry was verified when written.

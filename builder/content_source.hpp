@@ -59,13 +59,37 @@ class ContentSource {
   virtual Result<std::string> head(const LayerEntry& entry, std::size_t n) = 0;
 };
 
+// What fstat(2) says of an open file: its identity, size and times.
+struct FileStat {
+  std::uint64_t dev = 0;
+  std::uint64_t ino = 0;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::int64_t ctime_ns = 0;
+  friend bool operator==(const FileStat&, const FileStat&) = default;
+};
+
+// True when whoever computed entry.digest read it from the file at entry.source while that file
+// had exactly `stat` (so its content now is what was hashed, as far as stat can tell: the trust
+// a warm snapshot already places in its stat cache). Must be thread-safe; false when unsure.
+using ContentVouch = std::function<bool(const LayerEntry& entry, const FileStat& stat)>;
+
 // Reads entry.source (absolute) from disk with O_NOFOLLOW: a source that became a symlink or a
-// non-regular file since the snapshot fails with failed_precondition. Stateless: thread-safe.
+// non-regular file since the snapshot fails with failed_precondition. Thread-safe (as `vouch`).
 class FileContentSource final : public ContentSource {
  public:
+  FileContentSource() = default;
+  // With a vouch: a file it vouches for by its stat when opened is streamed with its size
+  // counted but its content not hashed again, and fstat-ed again after the read; a stat that
+  // changed meanwhile fails with digest_mismatch. Other files are verified as usual.
+  explicit FileContentSource(ContentVouch vouch) : m_vouch(std::move(vouch)) {}
+
   // Also invalid_argument when entry.source is empty or relative.
   Result<void> read(const LayerEntry& entry, const ContentSink& sink) override;
   Result<std::string> head(const LayerEntry& entry, std::size_t n) override;
+
+ private:
+  ContentVouch m_vouch;
 };
 
 // Reads the blob named entry.digest from a store (not_found naming the file when absent), and

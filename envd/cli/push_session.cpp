@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "agent/builder_client.hpp"
+#include "agent/stat_vouch.hpp"
 #include "builder/builder_state.hpp"
 #include "builder/content_source.hpp"
 #include "envd/cli/format.hpp"
@@ -148,7 +149,25 @@ Result<void> push_embedded(PushOutcome& out, const PushTarget& target, PushProgr
       progress->layers_done = build_progress.layers_done.load();
     };
   }
-  builder::FileContentSource files;
+  // The snapshot has just hashed these files (or found them in its stat cache): a file still at
+  // the stat the cache recorded with its digest is not hashed a second time by the builder.
+  // Without the cache every file is verified, as always.
+  std::vector<std::string> roots;
+  for (const auto& env : out.snapshot.environments) roots.push_back(env.prefix);
+  for (const auto& src : out.snapshot.sources) roots.push_back(src.root);
+  auto vouch = agent::StatVouch::load(target.envd_home, roots);
+  if (!vouch)
+    log::warn("push", "stat cache unavailable; the build hashes every file",
+              {{"error", vouch.error().message()}});
+  builder::ContentVouch vouches;
+  if (vouch) {
+    vouches = [v = vouch->get()](const builder::LayerEntry& entry, const builder::FileStat& st) {
+      return v->vouches(entry.source,
+                        agent::StatKey{st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns},
+                        *entry.digest);
+    };
+  }
+  builder::FileContentSource files(std::move(vouches));
   auto result = (*state)->builder->build(out.snapshot, files, build, &build_progress);
   if (!result) return result.error().with_context("build " + out.repository + ":" + out.tag);
   out.manifest_digest = result->manifest_digest;
