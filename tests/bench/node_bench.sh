@@ -86,9 +86,14 @@ EOF
 pull_times=() base_times=()
 for round in $(seq 1 "$runs"); do
   rm -rf "$work/node" "$work/oci" "$work/untar"
+  # Each timed step starts with nothing dirty waiting for the disk: the writeback of the previous
+  # step's ~900 MB (and of the removals) would otherwise land on whichever step comes next.
+  sync
   t0=$(now)
   pull_out=$("$envd" node pull "$ref:v1" --data "$work/node" --json 2>"$work/pull.err" | tail -1) \
     || { cat "$work/pull.err" >&2; exit 1; }
+  t1=$(now)
+  sync
   t1=$(now)
   skopeo_tar
   t2=$(now)
