@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <fstream>
-#include <random>
 
 #include "envd/util/atomic_file.hpp"
 #include "envd/util/log.hpp"
@@ -23,14 +22,6 @@ constexpr std::string_view k_temp_prefix = ".tmp-";
 
 fs::path records_dir(const fs::path& dir) {
   return dir / "unsynced";
-}
-
-std::string random_suffix() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string s;
-  for (int i = 0; i < 16; ++i) s += k_hex[rng() % 16];
-  return s;
 }
 
 bool is_entry(std::string_view e) {
@@ -99,7 +90,7 @@ Result<DeferredSyncRecord> begin_deferred_sync(const fs::path& dir, std::string_
   std::error_code ec;
   fs::create_directories(rdir, ec);
   if (ec) return Error::from_errno("create " + rdir.string(), ec.value());
-  std::string suffix = random_suffix();
+  std::string suffix = random_name();
   fs::path temp = rdir / (std::string(k_temp_prefix) + suffix);
   fs::path final_path = rdir / (std::string(boot_id) + "-" + suffix);
   UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));

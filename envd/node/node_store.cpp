@@ -13,7 +13,6 @@
 #include <cerrno>
 #include <map>
 #include <mutex>
-#include <random>
 #include <set>
 #include <utility>
 
@@ -52,14 +51,6 @@ CREATE TABLE IF NOT EXISTS layers(
   entries INTEGER NOT NULL
 ) WITHOUT ROWID;
 )sql";
-
-std::string random_name() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string s;
-  for (int i = 0; i < 16; ++i) s += k_hex[rng() % 16];
-  return s;
-}
 
 int flock_retry(int fd, int op) {
   for (;;) {

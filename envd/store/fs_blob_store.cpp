@@ -16,7 +16,6 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,14 +28,6 @@ namespace {
 
 constexpr std::size_t k_read_buffer_size = 64 * 1024;
 constexpr std::size_t k_write_buffer_size = 64 * 1024;
-
-std::string random_name() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char k_hex[] = "0123456789abcdef";
-  std::string s;
-  for (int i = 0; i < 16; ++i) s += k_hex[rng() % 16];
-  return s;
-}
 
 // flock(LOCK_EX | extra_flags), retried on EINTR. Returns 0 or -1 with errno set.
 int lock_exclusive(int fd, int extra_flags) {

@@ -10,15 +10,16 @@
 #include <string>
 
 namespace envd {
-namespace {
 
-std::string random_suffix() {
+std::string random_name() {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  static constexpr char k_alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  static constexpr char k_hex[] = "0123456789abcdef";
   std::string s;
-  for (int i = 0; i < 12; ++i) s += k_alphabet[rng() % (sizeof k_alphabet - 1)];
+  for (int i = 0; i < 16; ++i) s += k_hex[rng() % 16];
   return s;
 }
+
+namespace {
 
 Result<void> write_all(int fd, std::string_view data, const std::string& what) {
   while (!data.empty()) {
@@ -47,7 +48,7 @@ Result<void> fsync_directory(const std::filesystem::path& dir) {
 Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content,
                                unsigned mode) {
   std::filesystem::path dir = path.parent_path().empty() ? "." : path.parent_path();
-  std::filesystem::path tmp = dir / ("." + path.filename().string() + ".tmp-" + random_suffix());
+  std::filesystem::path tmp = dir / ("." + path.filename().string() + ".tmp-" + random_name());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return Error::from_errno("create " + tmp.string(), errno);
   auto fail = [&](Error e) -> Result<void> {

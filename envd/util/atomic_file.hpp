@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
 #include <string_view>
 
 #include "envd/util/error.hpp"
@@ -14,6 +15,10 @@ namespace envd {
 // unchanged and no temporary file is left behind. Thread-safe for distinct or equal targets.
 Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content,
                                unsigned mode = 0644);
+
+// 16 random lowercase hex digits, for names of temporary and staging files that must not collide
+// with another writer's. Thread-safe.
+std::string random_name();
 
 // fsyncs a directory so that a rename or create inside it is durable.
 Result<void> fsync_directory(const std::filesystem::path& dir);

@@ -135,17 +135,21 @@ TEST_CASE("NodeStore: a deferred commit survives a reopen in the same boot, not 
     REQUIRE_MESSAGE(s, (s ? "" : s.error().message()));
     return std::move(*s);
   };
-  {
-    auto store = open("boot-1");
-    auto record = store->begin_deferred_sync({store->layer_dir(diff_id)});
+  // A pull's part: record, deferred commit of the layer, record finished.
+  auto pull_layer = [&](NodeStore& store) {
+    auto record = store.begin_deferred_sync({store.layer_dir(diff_id)});
     REQUIRE(record);
     CHECK(record->active());
-    auto staging = store->make_staging("layer");
+    auto staging = store.make_staging("layer");
     REQUIRE(staging);
     test::write_file(staging->path() / "f", "content\n");
-    REQUIRE(store->commit_staging(*staging, store->layer_dir(diff_id),
-                                  NodeStore::Durability::deferred));
+    REQUIRE(store.commit_staging(*staging, store.layer_dir(diff_id),
+                                 NodeStore::Durability::deferred));
     record->finish();
+  };
+  {
+    auto store = open("boot-1");
+    pull_layer(*store);
     CHECK(store->has_layer(diff_id));
   }
   CHECK(open("boot-1")->has_layer(diff_id));
@@ -159,14 +163,7 @@ TEST_CASE("NodeStore: a deferred commit survives a reopen in the same boot, not 
   // Settled before the restart: kept.
   {
     auto store = open("boot-3");
-    auto record = store->begin_deferred_sync({store->layer_dir(diff_id)});
-    REQUIRE(record);
-    auto staging = store->make_staging("layer");
-    REQUIRE(staging);
-    test::write_file(staging->path() / "f", "content\n");
-    REQUIRE(store->commit_staging(*staging, store->layer_dir(diff_id),
-                                  NodeStore::Durability::deferred));
-    record->finish();
+    pull_layer(*store);
     auto settled = store->settle_deferred_sync(std::chrono::seconds(0));
     REQUIRE(settled);
     CHECK(*settled == 1);
