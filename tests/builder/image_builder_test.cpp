@@ -56,6 +56,20 @@ nlohmann::json manifest_of(BuilderState& state, const oci::Digest& d) {
   return nlohmann::json::parse(*state.blobs->read_all(d));
 }
 
+// Extracts the image's layers in order into `dest` with the standard tools: zstd -dc | tar -x.
+void extract_layers(BuilderState& state, const oci::Digest& manifest,
+                    const std::filesystem::path& dest) {
+  std::filesystem::create_directories(dest);
+  const auto m = manifest_of(state, manifest);
+  for (const auto& l : m["layers"]) {
+    auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
+    REQUIRE(blob);
+    auto r = run_command(
+        {"sh", "-c", "zstd -dc '" + blob->string() + "' | tar -x -C '" + dest.string() + "'"});
+    REQUIRE(r.exit_code == 0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("the same snapshot gives the same manifest, in the same and in a separate data dir") {
@@ -131,16 +145,7 @@ TEST_CASE("the layers, extracted in order with zstd and tar, give exactly the sn
   auto& state = *state_ptr;
   auto snap = take(dir / "env");
   auto result = build(state, snap);
-  auto m = manifest_of(state, result.manifest_digest);
-  std::filesystem::create_directories(dir / "rootfs");
-  for (const auto& l : m["layers"]) {
-    auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
-    REQUIRE(blob);
-    auto r = run_command(
-        {"sh", "-c",
-         "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
-    REQUIRE(r.exit_code == 0);
-  }
+  extract_layers(state, result.manifest_digest, dir / "rootfs");
   auto root = dir / "rootfs" / (dir / "env").relative_path();
   std::size_t checked = 0;
   for (const auto& env : snap.environments) {
@@ -193,16 +198,7 @@ TEST_CASE("hard links within a layer extract with zstd and tar as one inode") {
   auto state_ptr = *BuilderState::open(dir / "state");
   auto& state = *state_ptr;
   auto result = build(state, snap);
-  auto m = manifest_of(state, result.manifest_digest);
-  fs::create_directories(dir / "rootfs");
-  for (const auto& l : m["layers"]) {
-    auto blob = state.blobs->path_of(*oci::Digest::parse(l["digest"].get<std::string>()));
-    REQUIRE(blob);
-    auto r = run_command(
-        {"sh", "-c",
-         "zstd -dc '" + blob->string() + "' | tar -x -C '" + (dir / "rootfs").string() + "'"});
-    REQUIRE(r.exit_code == 0);
-  }
+  extract_layers(state, result.manifest_digest, dir / "rootfs");
   const auto root = dir / "rootfs" / prefix.relative_path();
   auto lstat_of = [](const std::filesystem::path& path) {
     struct stat st {};
