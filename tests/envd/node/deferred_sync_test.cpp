@@ -143,8 +143,8 @@ TEST_CASE("NodeStore: a deferred commit survives a reopen in the same boot, not 
     auto staging = store.make_staging("layer");
     REQUIRE(staging);
     test::write_file(staging->path() / "f", "content\n");
-    REQUIRE(store.commit_staging(*staging, store.layer_dir(diff_id),
-                                 NodeStore::Durability::deferred));
+    REQUIRE(
+        store.commit_staging(*staging, store.layer_dir(diff_id), NodeStore::Durability::deferred));
     record->finish();
   };
   {
