@@ -62,10 +62,12 @@ elapsed() { echo "$2 - $1" | bc -l; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 # Baseline: skopeo copy to an OCI layout, then extract each layer in manifest order into one dir.
+# skopeo_tar N: into $work/oci.N and $work/untar.N.
 skopeo_tar() {
-  skopeo copy -q --src-tls-verify=false "docker://$ref:v1" "oci:$work/oci:v1" >/dev/null
-  mkdir -p "$work/untar"
-  python3 - "$work/oci" <<'EOF' | while read -r media blob; do
+  local oci=$work/oci.$1 untar=$work/untar.$1
+  skopeo copy -q --src-tls-verify=false "docker://$ref:v1" "oci:$oci:v1" >/dev/null
+  mkdir -p "$untar"
+  python3 - "$oci" <<'EOF' | while read -r media blob; do
 import json, sys
 d = sys.argv[1]
 idx = json.load(open(f"{d}/index.json"))
@@ -75,37 +77,52 @@ for l in man["layers"]:
     print(l["mediaType"], f"{d}/blobs/" + l["digest"].replace(":", "/"))
 EOF
     case $media in
-      *zstd) tar --zstd -xf "$blob" -C "$work/untar" ;;
-      *gzip) tar -xzf "$blob" -C "$work/untar" ;;
-      *) tar -xf "$blob" -C "$work/untar" ;;
+      *zstd) tar --zstd -xf "$blob" -C "$untar" ;;
+      *gzip) tar -xzf "$blob" -C "$untar" ;;
+      *) tar -xf "$blob" -C "$untar" ;;
     esac
   done
 }
 
-# 1. Cold pull vs skopeo + tar, alternating, RUNS rounds; the last round's node data dir stays.
+# 1. Cold pull vs skopeo + tar, alternating, RUNS rounds, each into new directories.
+# Each timed step starts from the same state: nothing dirty waiting for the disk (the writeback of
+# the previous step's ~900 MB would otherwise land on whichever step comes next), and no inode
+# table in the buffer cache. The second matters on ext4 without a journal (as on these VMs): to
+# create an inode the allocator skips every inode freed in the last 3000 s (the kernel compares
+# vm.dirty_expire_centisecs with seconds), one cached inode-table lookup per candidate, so after
+# the day's test runs had removed a few million files, creates cost up to 4x more system time,
+# varying from step to step. Dropping the caches (as root) clears it; the builder's blobs are then
+# read back into the page cache, as "cold" is about envd's caches, not the disk.
+settle() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    echo 3 > /proc/sys/vm/drop_caches
+    find "$ENVD_HOME/builder" -type f -print0 | xargs -0 cat > /dev/null
+  fi
+}
+[ -w /proc/sys/vm/drop_caches ] || echo "note: not root, caches not dropped between steps: figures vary more" >&2
 pull_times=() base_times=()
 for round in $(seq 1 "$runs"); do
-  rm -rf "$work/node" "$work/oci" "$work/untar"
-  # Each timed step starts with nothing dirty waiting for the disk: the writeback of the previous
-  # step's ~900 MB (and of the removals) would otherwise land on whichever step comes next.
-  sync
+  settle
   t0=$(now)
-  pull_out=$("$envd" node pull "$ref:v1" --data "$work/node" --json 2>"$work/pull.err" | tail -1) \
+  pull_out=$("$envd" node pull "$ref:v1" --data "$work/node.$round" --json 2>"$work/pull.err" | tail -1) \
     || { cat "$work/pull.err" >&2; exit 1; }
   t1=$(now)
-  sync
-  t1=$(now)
-  skopeo_tar
+  settle
   t2=$(now)
+  skopeo_tar "$round"
+  t3=$(now)
   pull_times+=("$(elapsed "$t0" "$t1")")
-  base_times+=("$(elapsed "$t1" "$t2")")
+  base_times+=("$(elapsed "$t2" "$t3")")
 done
-untar_files=$(find "$work/untar" \( -type f -o -type l \) | wc -l)
+# The last round's node data dir is used from here on.
+node_dir=$work/node.$runs
+untar_files=$(find "$work/untar.$runs" \( -type f -o -type l \) | wc -l)
 env_path=$(echo "$pull_out" | json path)
 env_files=$(find "$env_path" \( -type f -o -type l \) | wc -l)
 
 # 2. Second image: one package added. Sizes from the registry's own manifests.
-pull2_out=$("$envd" node pull "$ref:v2" --data "$work/node" --json 2>"$work/pull.err" | tail -1) \
+pull2_out=$("$envd" node pull "$ref:v2" --data "$node_dir" --json 2>"$work/pull.err" | tail -1) \
   || { cat "$work/pull.err" >&2; exit 1; }
 skopeo inspect --raw --tls-verify=false "docker://$ref:v1" > "$work/m1.json"
 skopeo inspect --raw --tls-verify=false "docker://$ref:v2" > "$work/m2.json"
@@ -122,12 +139,12 @@ allowed2=$((new_layer_bytes + manifest_bytes + config_bytes))
 verdict2=$([ "$fetched2" -le "$allowed2" ] && echo pass || echo FAIL)
 
 # 3. `envd node run` on the cached image vs `true` and bwrap, RUN_REPS runs each, interleaved.
-"$envd" node run "$ref:v1" --data "$work/node" -- "$true_bin" 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
+"$envd" node run "$ref:v1" --data "$node_dir" -- "$true_bin" 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
 run_t=() true_t=() bwrap_t=()
 for _ in $(seq 1 "$reps"); do
   t0=$(now); "$true_bin"; t1=$(now); true_t+=("$(elapsed "$t0" "$t1")")
   t0=$(now); bwrap --ro-bind / / "$true_bin"; t1=$(now); bwrap_t+=("$(elapsed "$t0" "$t1")")
-  t0=$(now); "$envd" node run "$ref:v1" --data "$work/node" -- "$true_bin" 2>>"$work/run.err"; t1=$(now)
+  t0=$(now); "$envd" node run "$ref:v1" --data "$node_dir" -- "$true_bin" 2>>"$work/run.err"; t1=$(now)
   run_t+=("$(elapsed "$t0" "$t1")")
 done
 
