@@ -35,6 +35,9 @@ namespace {
 
 constexpr std::size_t k_out_chunk = 256u << 10;  // decompressed bytes per libarchive read
 constexpr std::size_t k_file_chunk = 1u << 20;   // read size of a FileSource
+// Small pushes (an HTTP client hands over 4 KiB at a time) are appended to the last queued chunk
+// up to this size: one allocation and one wake-up per 256 KiB instead of per 4 KiB.
+constexpr std::size_t k_coalesce = 256u << 10;
 
 }  // namespace
 
@@ -64,7 +67,15 @@ Result<void> ChunkQueue::push(std::string_view data) {
     return unexpected(ErrorCode::failed_precondition,
                       m_what + ": write after the end of the layer");
   if (data.empty()) return {};
-  m_chunks.emplace_back(data);
+  if (!m_chunks.empty() && m_chunks.back().size() + data.size() <= k_coalesce) {
+    m_chunks.back().append(data);
+  } else {
+    std::string chunk = std::move(m_spare);  // the consumer's last buffer, if it left one
+    chunk.clear();
+    chunk.reserve(std::max(k_coalesce, data.size()));
+    chunk.append(data);
+    m_chunks.push_back(std::move(chunk));
+  }
   m_queued += data.size();
   m_changed.notify_all();
   return {};
@@ -91,6 +102,7 @@ Result<std::string_view> ChunkQueue::next() {
   m_changed.wait(lock, [&] { return !m_chunks.empty() || m_eof || m_aborted; });
   if (m_aborted) return unexpected(ErrorCode::cancelled, "unpack aborted");
   if (m_chunks.empty()) return std::string_view();
+  if (m_spare.capacity() < m_current.capacity()) m_spare = std::move(m_current);
   m_current = std::move(m_chunks.front());
   m_chunks.pop_front();
   m_queued -= m_current.size();

@@ -49,8 +49,8 @@ class ChunkQueue final : public ChunkSource {
   // `what` names the stream in messages ("layer sha256:ab.. of team/env:v3").
   ChunkQueue(std::size_t max_bytes, std::string what);
 
-  // Producer: queues a copy of `data`, first waiting while it does not fit (a chunk larger than
-  // max_bytes waits for an empty queue). Errors: the consumer's failure, as it was given to
+  // Producer: queues a copy of `data` (appended to the last queued chunk while that stays small),
+  // first waiting while it does not fit (a chunk larger than max_bytes waits for an empty queue). Errors: the consumer's failure, as it was given to
   // consumer_stopped(); failed_precondition after close() or once the consumer stopped.
   Result<void> push(std::string_view data);
   // Producer: the end of the stream; next() returns empty once the queue is drained.
@@ -76,6 +76,7 @@ class ChunkQueue final : public ChunkSource {
   bool m_stopped = false;          // consumer_stopped() called
   std::optional<Error> m_failure;  // the consumer failed: push() stops accepting
   std::string m_current;           // consumer only: the chunk next() returned last
+  std::string m_spare;             // a buffer next() is done with, for push() to reuse
 };
 
 // Turns a source's compressed chunks into the uncompressed tar stream, hashing and counting every

@@ -424,6 +424,40 @@ TEST_CASE("streaming: one-byte writes, and a large layer through the bounded que
   CHECK(oci::sha256_file(box2.dest / "big")->digest == oci::sha256_of(big));
 }
 
+TEST_CASE("the chunk queue hands over every byte in order, small pushes in fewer chunks") {
+  node::detail::ChunkQueue queue(1u << 20, "layer q");
+  std::string sent = random_bytes(3u << 20, 5);
+  // 200 pushes of 4 KiB and 200 of one byte while the consumer waits: 819,400 bytes that fit in
+  // the queue, coalesced into 256 KiB chunks.
+  std::size_t at = 0;
+  for (std::size_t n : {std::size_t{4096}, std::size_t{1}})
+    for (int i = 0; i < 200; ++i, at += n) REQUIRE(queue.push(std::string_view(sent).substr(at, n)));
+  std::string got;
+  std::size_t chunks = 0;
+  while (got.size() < at) {
+    auto chunk = queue.next();
+    REQUIRE(chunk);
+    REQUIRE(!chunk->empty());
+    got.append(*chunk);
+    ++chunks;
+  }
+  CHECK(chunks == 4);
+  // The rest from another thread, in pieces bigger than a chunk, while buffers are reused.
+  std::thread producer([&] {
+    for (std::size_t n = 700000; at < sent.size(); at += n)
+      REQUIRE(queue.push(std::string_view(sent).substr(at, n)));
+    queue.close();
+  });
+  for (;;) {
+    auto chunk = queue.next();
+    REQUIRE(chunk);
+    if (chunk->empty()) break;
+    got.append(*chunk);
+  }
+  producer.join();
+  CHECK(got == sent);  // nothing lost, reordered or overwritten by a reused buffer
+}
+
 TEST_CASE("gzip members and zstd frames may be concatenated") {
   std::string tar = test::forge_tar(
       {ForgeEntry::file("a", random_bytes(100000, 1)), ForgeEntry::file("b", "bee")});
