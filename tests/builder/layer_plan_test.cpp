@@ -181,3 +181,95 @@ TEST_CASE("a hard link changes its layer's key and entries; unlinked keys stay a
   env.unowned.back().link = "bin/python";
   CHECK(keys(plan_layers(snap, {})).at("unowned:/opt/env") != linked.at("unowned:/opt/env"));
 }
+
+TEST_CASE("a unit much bigger than the others is split into stable parts, links kept together") {
+  auto snap = make_snapshot(5);
+  auto& env = snap.environments[0];
+  env.unowned.clear();
+  for (int i = 0; i < 200; ++i)  // 200 MB: 200 / 32 = 6 -> 4 parts
+    env.unowned.push_back(file("lib/python3.11/m" + std::to_string(i) + ".py", 1'000'000,
+                               "m" + std::to_string(i)));
+  for (const char* opt : {"", ".opt-1", ".opt-2"})  // near copies: one part, side by side
+    env.unowned.push_back(file(std::string("lib/python3.11/__pycache__/m7.cpython-311") + opt +
+                                   ".pyc",
+                               1, opt));
+  for (int d = 0; d < 30; ++d)  // light directories: each in one part, whole
+    for (const char* name : {"a.py", "b.py", "c.txt"})
+      env.unowned.push_back(file("lib/python3.11/d" + std::to_string(d) + "/" + name, 1, name));
+  env.unowned.push_back(file("lib/python3.11/zlinked", 1, "l"));
+  for (int i = 0; i < 5; ++i) {
+    env.unowned.push_back(file("lib/python3.11/zlinked" + std::to_string(i), 1, "l"));
+    env.unowned.back().link = "lib/python3.11/zlinked";
+  }
+  std::sort(env.unowned.begin(), env.unowned.end(),
+            [](const auto& a, const auto& b) { return a.path < b.path; });
+
+  auto plan = plan_layers(snap, {});
+  std::vector<const PlannedLayer*> parts;
+  for (const auto& l : plan)
+    if (l.name.starts_with("unowned:/opt/env")) parts.push_back(&l);
+  REQUIRE(parts.size() == 4);
+  std::set<std::string> seen;
+  std::uint64_t bytes = 0;
+  for (std::size_t k = 0; k < parts.size(); ++k) {
+    CHECK(parts[k]->name == "unowned:/opt/env part " + std::to_string(k + 1) + "/4");
+    CHECK(parts[k]->files.size() > 20);  // spread, not all in one
+    bytes += parts[k]->bytes;
+    for (const auto& f : parts[k]->files) CHECK(seen.insert(f.file->path).second);
+    auto entries = parts[k]->entries();
+    CHECK(layer_key(entries, k_layer_format) == parts[k]->key);
+    // The link group is in one part, as its first member and five links to it.
+    std::size_t group = 0;
+    for (const auto& e : entries) group += e.path.starts_with("opt/env/lib/python3.11/zlinked");
+    CHECK((group == 0 || group == 6));
+    for (int d = 0; d < 30; ++d) {
+      std::size_t in_dir = 0;
+      for (const auto& e : entries)
+        in_dir += e.path.starts_with("opt/env/lib/python3.11/d" + std::to_string(d) + "/");
+      CHECK((in_dir == 0 || in_dir == 3));
+    }
+    std::size_t pyc = 0;
+    for (const auto& e : entries) pyc += e.path.starts_with("opt/env/lib/python3.11/__pycache__/m7");
+    CHECK((pyc == 0 || pyc == 3));
+  }
+  CHECK(seen.size() == env.unowned.size());
+  CHECK(bytes == 200'000'099);
+  // The parts sit together, right after nothing (the unowned files are the bottom layer).
+  CHECK(&plan[0] == parts[0]);
+  CHECK(&plan[3] == parts[3]);
+
+  // One file changed: one part's key changes, every other layer's stays.
+  const auto before = keys(plan);
+  env.unowned[17].digest = oci::sha256_of("changed");
+  const auto after = keys(plan_layers(snap, {}));
+  std::size_t changed = 0;
+  for (const auto& [name, key] : before) changed += after.at(name) != key;
+  CHECK(changed == 1);
+
+  // Not split when parts are off, or beyond what the cap leaves after the own layers.
+  PlanOptions whole;
+  whole.part_bytes = 0;
+  CHECK(keys(plan_layers(snap, whole)).count("unowned:/opt/env") == 1);
+  PlanOptions tight;
+  tight.layer_cap = plan.size() + 1 - 2;  // two layers fewer: 4 parts -> 2
+  auto tight_plan = plan_layers(snap, tight);
+  CHECK(tight_plan.size() + 1 <= tight.layer_cap);
+  CHECK(keys(tight_plan).count("unowned:/opt/env part 2/2") == 1);
+}
+
+TEST_CASE("a package of many small files is weighed by its files: own layer, split in parts") {
+  auto snap = make_snapshot(5);
+  snapshot::Package many;
+  many.name = "tzdata";
+  many.version = "1";
+  for (int i = 0; i < 5000; ++i)  // 50 KB in all, but 5000 files x 16 KiB = 82 MB of weight
+    many.files.push_back(file("share/zoneinfo/z" + std::to_string(10000 + i), 10, "z"));
+  snap.environments[0].packages.push_back(many);
+  auto names = keys(plan_layers(snap, {}));
+  CHECK(names.count("pkg:/opt/env:pip:tzdata part 1/2") == 1);
+  CHECK(names.count("pkg:/opt/env:pip:tzdata part 2/2") == 1);
+  PlanOptions by_bytes;
+  by_bytes.file_weight = 0;  // 50 KB: a small package, in a group
+  names = keys(plan_layers(snap, by_bytes));
+  for (const auto& [name, key] : names) CHECK(name.find("tzdata") == std::string::npos);
+}
