@@ -18,7 +18,8 @@ find "$prefix" -type f -print0 | xargs -0 cat > /dev/null  # warm the page cache
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 now() { date +%s.%N; }
-secs() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1; t1=$(now); echo "$t1 - $t0" | bc -l; }
+# secs CMD...: its wall time in seconds, or n/a when it fails.
+secs() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1 || { echo n/a; return; }; t1=$(now); echo "$t1 - $t0" | bc -l; }
 json() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])['$1'])"; }
 
 export ENVD_HOME=$work/home
@@ -66,7 +67,7 @@ if [ "${PEERS:-1}" = 1 ] && command -v buildah >/dev/null; then
   buildah_s=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from scratch) && buildah --storage-driver vfs copy \$ctr '$prefix' '$prefix' && buildah --storage-driver vfs commit \$ctr oci:$work/oci-buildah:v1 && buildah --storage-driver vfs rm \$ctr")
   # The rebuild a buildah user makes: from the last image, copy the changed file in, commit.
   echo "# changed for buildah" >> "$small"
-  buildah_re=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from oci:$work/oci-buildah:v1) && buildah --storage-driver vfs copy \$ctr '$small' '$small' && buildah --storage-driver vfs commit \$ctr oci:$work/oci-buildah:v2 && buildah --storage-driver vfs rm \$ctr")
+  buildah_re=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from -q oci:$work/oci-buildah:v1) && buildah --storage-driver vfs copy \$ctr '$small' '$small' && buildah --storage-driver vfs commit \$ctr oci:$work/oci-buildah:v2 && buildah --storage-driver vfs rm \$ctr")
   rm -rf "$work/oci-buildah"
 fi
 
@@ -89,10 +90,10 @@ printf '%-46s %7.2f s  (%s layers reused)\n' "envd rebuild, one ~100 KB package 
 printf '%-46s %7.2f s  (target 1.0 s)\n' "envd push after adding it (end to end)" "$added_total"
 # peer NAME COLD REBUILD: seconds and how many times envd's cold build and one-file rebuild are faster.
 peer() {
-  if [ "$2" = n/a ]; then printf '%-46s     n/a (not installed or PEERS=0)\n' "$1"; return; fi
+  if [ "$2" = n/a ] || [ "$3" = n/a ]; then printf '%-46s %7s s / %s s rebuild (n/a: not installed, PEERS=0 or failed)\n' "$1" "$2" "$3"; return; fi
   printf '%-46s %7.2f s  envd %.1f x faster (target >= 10 x); rebuild %.2f s: envd %.0f x (target >= 30 x)\n' \
     "$1" "$2" "$(r "$2" "$cold_build")" "$3" "$(r "$3" "$changed_build")"
 }
-peer "umoci (unpack, copy, repack)" "$umoci_s" "${umoci_re:-0}"
-peer "buildah (from scratch, copy, commit)" "$buildah_s" "${buildah_re:-0}"
+peer "umoci (unpack, copy, repack)" "$umoci_s" "${umoci_re:-n/a}"
+peer "buildah (from scratch, copy, commit)" "$buildah_s" "${buildah_re:-n/a}"
 printf '%-46s %7.0f MB (target <= 200 MB; includes the snapshot)\n' "peak RSS of envd push, cold" "$(echo "$cold_rss_kb / 1024" | bc -l)"
