@@ -50,8 +50,9 @@ class ChunkQueue final : public ChunkSource {
   ChunkQueue(std::size_t max_bytes, std::string what);
 
   // Producer: queues a copy of `data` (appended to the last queued chunk while that stays small),
-  // first waiting while it does not fit (a chunk larger than max_bytes waits for an empty queue). Errors: the consumer's failure, as it was given to
-  // consumer_stopped(); failed_precondition after close() or once the consumer stopped.
+  // first waiting while it does not fit (a chunk larger than max_bytes waits for an empty queue).
+  // Errors: the consumer's failure, as it was given to consumer_stopped(); failed_precondition
+  // after close() or once the consumer stopped.
   Result<void> push(std::string_view data);
   // Producer: the end of the stream; next() returns empty once the queue is drained.
   void close();

@@ -187,12 +187,11 @@ TEST_CASE("a unit much bigger than the others is split into stable parts, links 
   auto& env = snap.environments[0];
   env.unowned.clear();
   for (int i = 0; i < 200; ++i)  // 200 MB: 200 / 32 = 6 -> 4 parts
-    env.unowned.push_back(file("lib/python3.11/m" + std::to_string(i) + ".py", 1'000'000,
-                               "m" + std::to_string(i)));
+    env.unowned.push_back(
+        file("lib/python3.11/m" + std::to_string(i) + ".py", 1'000'000, "m" + std::to_string(i)));
   for (const char* opt : {"", ".opt-1", ".opt-2"})  // near copies: one part, side by side
-    env.unowned.push_back(file(std::string("lib/python3.11/__pycache__/m7.cpython-311") + opt +
-                                   ".pyc",
-                               1, opt));
+    env.unowned.push_back(
+        file(std::string("lib/python3.11/__pycache__/m7.cpython-311") + opt + ".pyc", 1, opt));
   for (int d = 0; d < 30; ++d)  // light directories: each in one part, whole
     for (const char* name : {"a.py", "b.py", "c.txt"})
       env.unowned.push_back(file("lib/python3.11/d" + std::to_string(d) + "/" + name, 1, name));
@@ -229,7 +228,8 @@ TEST_CASE("a unit much bigger than the others is split into stable parts, links 
       CHECK((in_dir == 0 || in_dir == 3));
     }
     std::size_t pyc = 0;
-    for (const auto& e : entries) pyc += e.path.starts_with("opt/env/lib/python3.11/__pycache__/m7");
+    for (const auto& e : entries)
+      pyc += e.path.starts_with("opt/env/lib/python3.11/__pycache__/m7");
     CHECK((pyc == 0 || pyc == 3));
   }
   CHECK(seen.size() == env.unowned.size());

@@ -431,7 +431,8 @@ TEST_CASE("the chunk queue hands over every byte in order, small pushes in fewer
   // the queue, coalesced into 256 KiB chunks.
   std::size_t at = 0;
   for (std::size_t n : {std::size_t{4096}, std::size_t{1}})
-    for (int i = 0; i < 200; ++i, at += n) REQUIRE(queue.push(std::string_view(sent).substr(at, n)));
+    for (int i = 0; i < 200; ++i, at += n)
+      REQUIRE(queue.push(std::string_view(sent).substr(at, n)));
   std::string got;
   std::size_t chunks = 0;
   while (got.size() < at) {
