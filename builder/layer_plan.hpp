@@ -1,7 +1,8 @@
 // The deterministic layer plan: which snapshot files go into which layer. Each package is a unit;
-// units at or above a size threshold get their own layer, smaller ones fall into stable groups
-// (by a hash of the unit's name, so a change to one package changes only its group); each
-// environment's unowned files, each source tree and the snapshot document are units of their own.
+// units at or above a weight threshold (bytes, and 16 KiB per file) get their own layer, smaller
+// ones fall into stable groups (by a hash of the unit's name, so a change to one package changes
+// only its group); each environment's unowned files, each source tree and the snapshot document
+// are units of their own.
 // A unit with a layer of its own that is much bigger than the others (a base interpreter's
 // unowned files, a large package) is split into parts, so that building and pulling it run on
 // all cores instead of one.
