@@ -9,9 +9,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <string_view>
+#include <thread>
 
 #include "envd/node/image_roots.hpp"
 #include "envd/node/safe_dir.hpp"
@@ -45,9 +52,11 @@ struct DirMeta {
   struct timespec mtime;
 };
 
-// Merges layers into dest one after the other. Directory modes and mtimes are applied at the end
-// (children first): creating entries would change a directory's mtime, and a read-only directory
-// would stop a rootless daemon from creating the next layer's entries in it.
+// Merges layers into dest one after the other; within a layer, directories are merged by several
+// threads (their subtrees are disjoint), and the next layer starts when all are done. Directory
+// modes and mtimes are applied at the end (children first): creating entries would change a
+// directory's mtime, and a read-only directory would stop a rootless daemon from creating the
+// next layer's entries in it.
 class Assembler {
  public:
   explicit Assembler(AssembleStats& stats) : m_stats(stats) {}
@@ -57,8 +66,22 @@ class Assembler {
     UniqueFd layer_fd(::open(layer.c_str(), k_nofollow_dir_flags));
     if (!layer_fd.valid()) return unexpected(Error::from_errno("open layer " + m_layer, errno));
     ENVD_TRY_VOID(record_dir(layer_fd.get(), ""));
-    std::string rel;
-    return merge_dir(layer_fd.get(), dest_fd, rel);
+    UniqueFd dest(::fcntl(dest_fd, F_DUPFD_CLOEXEC, 0));
+    if (!dest.valid()) return unexpected(Error::from_errno("dup rootfs fd", errno));
+    m_failure.reset();
+    m_tasks.push_back(Task{std::move(layer_fd), std::move(dest), std::string()});
+    unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, k_max_threads);
+    std::vector<std::thread> helpers;
+    for (unsigned i = 1; i < threads; ++i) helpers.emplace_back([this] { work(); });
+    work();
+    for (auto& t : helpers) t.join();
+    m_tasks.clear();  // left after a failure
+    m_stats.files += m_counts.files.exchange(0);
+    m_stats.directories += m_counts.directories.exchange(0);
+    m_stats.symlinks += m_counts.symlinks.exchange(0);
+    m_stats.removed += m_counts.removed.exchange(0);
+    if (m_failure) return unexpected(*m_failure);
+    return {};
   }
 
   // Applies the recorded directory modes and mtimes, deepest first (reverse byte order puts every
@@ -77,6 +100,49 @@ class Assembler {
   }
 
  private:
+  static constexpr unsigned k_max_threads = 4;
+  // Directories queued for any thread at most; beyond, a thread merges a child directory itself
+  // (each queued task holds two open fds).
+  static constexpr std::size_t k_max_queued = 64;
+
+  // A directory of the layer to merge into its counterpart in dest, both open.
+  struct Task {
+    UniqueFd layer;
+    UniqueFd dest;
+    std::string rel;
+  };
+
+  // Takes tasks until none is queued or running, or one failed.
+  void work() {
+    std::unique_lock lock(m_mutex);
+    for (;;) {
+      m_changed.wait(lock, [&] { return !m_tasks.empty() || m_running == 0 || m_failure; });
+      if (m_failure || m_tasks.empty()) return;
+      Task task = std::move(m_tasks.front());
+      m_tasks.pop_front();
+      ++m_running;
+      lock.unlock();
+      Result<void> r = run(std::move(task));  // the fds close here, outside the lock
+      lock.lock();
+      --m_running;
+      if (!r && !m_failure) m_failure = r.error();
+      m_changed.notify_all();
+    }
+  }
+
+  Result<void> run(Task task) { return merge_dir(task.layer.get(), task.dest.get(), task.rel); }
+
+  // Counts for the stats, from any thread.
+  struct Counters {
+    std::atomic<std::uint64_t> files{0};
+    std::atomic<std::uint64_t> directories{0};
+    std::atomic<std::uint64_t> symlinks{0};
+    std::atomic<std::uint64_t> removed{0};
+  };
+  static void count(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) {
+    counter.fetch_add(n, std::memory_order_relaxed);
+  }
+
   Error entry_error(ErrorCode code, const std::string& rel, const std::string& msg) const {
     return Error(code, "layer " + m_layer + ": entry \"" + rel + "\": " + msg);
   }
@@ -87,8 +153,17 @@ class Assembler {
   Result<void> record_dir(int layer_dir_fd, const std::string& rel) {
     struct stat st {};
     if (::fstat(layer_dir_fd, &st) != 0) return unexpected(entry_errno(rel, "stat", errno));
+    std::lock_guard guard(m_mutex);
     m_dirs[rel] = DirMeta{static_cast<mode_t>(st.st_mode & 0777), st.st_mtim};
     return {};
+  }
+
+  // Removes `name` from dest_dir (and all below it), counting what went.
+  Result<void> remove_at(int dest_dir, const std::string& name) {
+    std::uint64_t removed = 0;
+    auto r = remove_tree_at(dest_dir, name, &removed);
+    if (removed != 0) count(m_counts.removed, removed);
+    return r;
   }
 
   Result<void> merge_dir(int layer_dir, int dest_dir, std::string& rel) {
@@ -101,8 +176,7 @@ class Assembler {
       UniqueFd fresh(::openat(dest_dir, ".", k_nofollow_dir_flags));
       if (!fresh.valid()) return unexpected(entry_errno(rel, "open", errno));
       ENVD_TRY(std::vector<DirEntry> lower, list_dir(fresh.get(), "/" + rel));
-      for (const DirEntry& l : lower)
-        ENVD_TRY_VOID(remove_tree_at(dest_dir, l.name, &m_stats.removed));
+      for (const DirEntry& l : lower) ENVD_TRY_VOID(remove_at(dest_dir, l.name));
     }
     for (const DirEntry& e : entries) {
       std::string_view name = e.name;
@@ -111,7 +185,7 @@ class Assembler {
       if (target.empty() || target == "." || target == "..")
         return unexpected(entry_error(ErrorCode::invalid_argument, child_path(rel, name),
                                       "whiteout names \"" + target + "\", not an entry"));
-      ENVD_TRY_VOID(remove_tree_at(dest_dir, target, &m_stats.removed));
+      ENVD_TRY_VOID(remove_at(dest_dir, target));
     }
     for (const DirEntry& e : entries) {
       if (std::string_view(e.name).starts_with(k_whiteout_prefix)) continue;
@@ -136,7 +210,7 @@ class Assembler {
     UniqueFd dest_child;
     for (int attempt = 0; attempt < 2 && !dest_child.valid(); ++attempt) {
       if (::mkdirat(dest_dir, name.c_str(), 0700) == 0) {
-        ++m_stats.directories;
+        count(m_counts.directories);
       } else if (errno != EEXIST) {
         return unexpected(entry_errno(rel, "mkdir", errno));
       }
@@ -149,6 +223,14 @@ class Assembler {
     }
     if (!dest_child.valid()) return unexpected(entry_error(ErrorCode::io, rel, "cannot create"));
     ENVD_TRY_VOID(record_dir(layer_child.get(), rel));
+    {
+      std::lock_guard guard(m_mutex);
+      if (m_tasks.size() < k_max_queued) {
+        m_tasks.push_back(Task{std::move(layer_child), std::move(dest_child), rel});
+        m_changed.notify_one();
+        return {};
+      }
+    }
     return merge_dir(layer_child.get(), dest_child.get(), rel);
   }
 
@@ -161,13 +243,19 @@ class Assembler {
       if (::linkat(layer_dir, e.name.c_str(), dest_dir, e.name.c_str(), 0) != 0)
         return unexpected(entry_errno(rel, "hardlink into the rootfs", errno));
     }
-    ++(e.type == DT_LNK ? m_stats.symlinks : m_stats.files);
+    count(e.type == DT_LNK ? m_counts.symlinks : m_counts.files);
     return {};
   }
 
-  AssembleStats& m_stats;
-  std::string m_layer;
-  std::map<std::string, DirMeta> m_dirs;
+  AssembleStats& m_stats;  // m_counts added in after each layer
+  Counters m_counts;
+  std::string m_layer;  // the layer being merged; set before the threads start
+  std::mutex m_mutex;
+  std::condition_variable m_changed;
+  std::map<std::string, DirMeta> m_dirs;  // guarded by m_mutex
+  std::deque<Task> m_tasks;               // guarded by m_mutex
+  std::size_t m_running = 0;              // tasks being merged; guarded by m_mutex
+  std::optional<Error> m_failure;         // the first task that failed; guarded by m_mutex
 };
 
 }  // namespace
