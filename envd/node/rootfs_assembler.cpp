@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <system_error>
 #include <thread>
 
 #include "envd/node/image_roots.hpp"
@@ -72,7 +73,13 @@ class Assembler {
     m_tasks.push_back(Task{std::move(layer_fd), std::move(dest), std::string()});
     unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, k_max_threads);
     std::vector<std::thread> helpers;
-    for (unsigned i = 1; i < threads; ++i) helpers.emplace_back([this] { work(); });
+    for (unsigned i = 1; i < threads; ++i) {
+      try {
+        helpers.emplace_back([this] { work(); });
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: fewer helpers, or this thread alone
+      }
+    }
     work();
     for (auto& t : helpers) t.join();
     m_tasks.clear();  // left after a failure
