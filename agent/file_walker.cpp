@@ -201,14 +201,6 @@ class TreeWalker {
 
 }  // namespace
 
-StatKey stat_key(const struct ::stat& st) {
-  auto ns = [](const timespec& ts) {
-    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  };
-  return StatKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-                 static_cast<std::uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
-}
-
 void HardLinkFinder::finish() {
   if (m_noted.size() < 2) return;
   // By inode, then by path: each group starts with its first path.

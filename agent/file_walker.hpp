@@ -15,19 +15,12 @@
 #include "envd/oci/digest.hpp"
 #include "envd/snapshot/snapshot.hpp"
 #include "envd/util/error.hpp"
+#include "envd/util/stat_key.hpp"
 
 namespace envd::agent {
 
-// What identifies a file's content without reading it: if all five are unchanged, so is the
-// content (the stat cache's key, as in git's index).
-struct StatKey {
-  std::uint64_t dev = 0;
-  std::uint64_t ino = 0;
-  std::uint64_t size = 0;
-  std::int64_t mtime_ns = 0;
-  std::int64_t ctime_ns = 0;
-  friend bool operator==(const StatKey&, const StatKey&) = default;
-};
+using envd::stat_key;
+using envd::StatKey;  // as agent::StatKey, the name the agent's callers use
 
 struct WalkedFile {
   std::string path;  // root-relative, '/'-separated
@@ -38,9 +31,6 @@ struct WalkedFile {
   std::string target;                 // symlink target
   std::optional<oci::Digest> digest;  // regular files, once hashed (hash_files, walk_and_hash)
 };
-
-// The StatKey of an lstat/fstat result.
-StatKey stat_key(const struct ::stat& st);
 
 // Finds the hard links among one root's files while they become snapshot entries, and sets
 // snapshot::FileEntry::link: on each regular file sharing its device and inode with other noted

@@ -116,16 +116,8 @@ class UniqueFd {
 
 struct OpenedSource {
   int fd = -1;
-  FileStat stat;  // when opened
+  StatKey stat;  // when opened
 };
-
-FileStat file_stat(const struct stat& st) {
-  return FileStat{
-      static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-      static_cast<std::uint64_t>(st.st_size),
-      static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
-      static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
-}
 
 // Opens entry.source as it was recorded: a regular file, not through a symlink. O_NONBLOCK keeps
 // a FIFO planted at the path from blocking the open; it has no effect on regular files.
@@ -154,7 +146,7 @@ Result<OpenedSource> open_source(const LayerEntry& entry) {
     return Error(ErrorCode::failed_precondition,
                  describe(entry) + ": source is no longer a regular file");
   }
-  return OpenedSource{fd, file_stat(st)};
+  return OpenedSource{fd, stat_key(st)};
 }
 
 // read(2) retrying on EINTR. Returns 0 at the end.
@@ -209,7 +201,7 @@ Result<void> FileContentSource::read(const LayerEntry& entry, const ContentSink&
     // meanwhile moves its ctime (to now, later than any stat the vouch trusts).
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return Error::from_errno("stat " + entry.source, errno);
-    if (!(file_stat(st) == opened.stat)) {
+    if (!(stat_key(st) == opened.stat)) {
       return Error(ErrorCode::digest_mismatch,
                    describe(entry) + ": digest mismatch: the file changed while it was read");
     }

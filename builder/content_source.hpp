@@ -14,6 +14,7 @@
 #include "envd/snapshot/snapshot.hpp"
 #include "envd/store/blob_store.hpp"
 #include "envd/util/error.hpp"
+#include "envd/util/stat_key.hpp"
 
 namespace envd::builder {
 
@@ -59,20 +60,10 @@ class ContentSource {
   virtual Result<std::string> head(const LayerEntry& entry, std::size_t n) = 0;
 };
 
-// What fstat(2) says of an open file: its identity, size and times.
-struct FileStat {
-  std::uint64_t dev = 0;
-  std::uint64_t ino = 0;
-  std::uint64_t size = 0;
-  std::int64_t mtime_ns = 0;
-  std::int64_t ctime_ns = 0;
-  friend bool operator==(const FileStat&, const FileStat&) = default;
-};
-
 // True when whoever computed entry.digest read it from the file at entry.source while that file
 // had exactly `stat` (so its content now is what was hashed, as far as stat can tell: the trust
 // a warm snapshot already places in its stat cache). Must be thread-safe; false when unsure.
-using ContentVouch = std::function<bool(const LayerEntry& entry, const FileStat& stat)>;
+using ContentVouch = std::function<bool(const LayerEntry& entry, const StatKey& stat)>;
 
 // Reads entry.source (absolute) from disk with O_NOFOLLOW: a source that became a symlink or a
 // non-regular file since the snapshot fails with failed_precondition. Thread-safe (as `vouch`).

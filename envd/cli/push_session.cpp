@@ -161,10 +161,8 @@ Result<void> push_embedded(PushOutcome& out, const PushTarget& target, PushProgr
               {{"error", vouch.error().message()}});
   builder::ContentVouch vouches;
   if (vouch) {
-    vouches = [v = vouch->get()](const builder::LayerEntry& entry, const builder::FileStat& st) {
-      return v->vouches(entry.source,
-                        agent::StatKey{st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns},
-                        *entry.digest);
+    vouches = [v = vouch->get()](const builder::LayerEntry& entry, const StatKey& st) {
+      return v->vouches(entry.source, st, *entry.digest);
     };
   }
   builder::FileContentSource files(std::move(vouches));

@@ -16,19 +16,15 @@
 namespace fs = std::filesystem;
 using namespace envd;
 using builder::FileContentSource;
-using builder::FileStat;
 using builder::LayerEntry;
 using test::ScratchDir;
 
 namespace {
 
-FileStat stat_of(const fs::path& path) {
+StatKey stat_of(const fs::path& path) {
   struct stat st {};
   REQUIRE(::stat(path.c_str(), &st) == 0);
-  return FileStat{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-                  static_cast<std::uint64_t>(st.st_size),
-                  st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec,
-                  st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec};
+  return stat_key(st);
 }
 
 LayerEntry entry_for(const fs::path& source, std::string_view content) {
@@ -42,11 +38,11 @@ LayerEntry entry_for(const fs::path& source, std::string_view content) {
 
 // A vouch like the stat cache's: yes for exactly the stat recorded with the digest.
 struct RecordingVouch {
-  FileStat recorded;
+  StatKey recorded;
   oci::Digest digest;
   std::atomic<int> asked{0};
   builder::ContentVouch fn() {
-    return [this](const LayerEntry& e, const FileStat& st) {
+    return [this](const LayerEntry& e, const StatKey& st) {
       ++asked;
       return st == recorded && e.digest && *e.digest == digest;
     };
@@ -81,7 +77,7 @@ TEST_CASE("a vouched file is read at its recorded stat without hashing it again"
   // which a verified read never does (the size is still checked).
   LayerEntry wrong = entry_for(dir / "f", content);
   wrong.digest = oci::sha256_of("other");
-  FileContentSource blind([](const LayerEntry&, const FileStat&) { return true; });
+  FileContentSource blind([](const LayerEntry&, const StatKey&) { return true; });
   CHECK(read_all(blind, wrong));
   FileContentSource plain;
   auto verified = read_all(plain, wrong);
