@@ -49,6 +49,18 @@ FileEntry symlink(std::string path, std::string target) {
 
 // Small enough that its canonical text is predictable, so tests can edit it as a string.
 // Modes are chosen so "mode":493 (0755) occurs once: on packages/0/files/0.
+// One environment and one source tree on linux/amd64, with the fixed created/host/version.
+Snapshot one_env_snapshot(Environment e, SourceTree src, std::string libc) {
+  Snapshot s;
+  s.platform = {"linux", "amd64", std::move(libc)};
+  s.environments = {std::move(e)};
+  s.sources = {std::move(src)};
+  s.created = "2024-03-01T12:00:00Z";
+  s.host = "h";
+  s.envd_version = "0.1.0";
+  return s;
+}
+
 Snapshot small_snapshot() {
   Package p;
   p.name = "pkg";
@@ -78,14 +90,7 @@ Snapshot small_snapshot() {
   src.ignored = {{".gitignore", 2}};
   src.files = {regular("README", "r")};
 
-  Snapshot s;
-  s.platform = {"linux", "amd64", "musl"};
-  s.environments = {e};
-  s.sources = {src};
-  s.created = "2024-03-01T12:00:00Z";
-  s.host = "h";
-  s.envd_version = "0.1.0";
-  return s;
+  return one_env_snapshot(e, src, "musl");
 }
 
 // Every optional field set, every enum value used.
@@ -230,14 +235,7 @@ Snapshot linked_snapshot() {
                linked(regular("data/two.csv", "1,2\n"), "data/one.csv"),
                regular("etc/lib-copy", "lib", 0644)};
 
-  Snapshot s;
-  s.platform = {"linux", "amd64", "glibc 2.36"};
-  s.environments = {e};
-  s.sources = {src};
-  s.created = "2024-03-01T12:00:00Z";
-  s.host = "h";
-  s.envd_version = "0.1.0";
-  return s;
+  return one_env_snapshot(e, src, "glibc 2.36");
 }
 
 // --- reference: the nlohmann tree builder to_json used before the direct writer -------------
