@@ -210,10 +210,20 @@ std::optional<HttpResponse> missing_blobs_answer(EnvdApi::Impl& api,
   return json_response(409, j);
 }
 
+// A snapshot that arrived and checked out: its document layer is started (the build that
+// follows takes it), then it is stored. `document` is its text, or empty to write it here.
 HttpResponse stored(EnvdApi::Impl& api, const HttpRequest& req, const oci::Digest& digest,
                     std::string_view document, snapshot::Snapshot snap) {
-  auto written = api.snapshots.put(digest, document,
-                                   std::make_shared<const snapshot::Snapshot>(std::move(snap)));
+  auto shared = std::make_shared<const snapshot::Snapshot>(std::move(snap));
+  api.state.builder->prepare_document_layer(shared, digest, api.options.compression);
+  std::string written_here;
+  if (document.empty()) {
+    auto text = snapshot::to_json(*shared);
+    if (!text) return invalid("SNAPSHOT_INVALID", "snapshot: " + text.error().message());
+    written_here = std::move(*text);
+    document = written_here;
+  }
+  auto written = api.snapshots.put(digest, document, std::move(shared));
   if (!written)
     return error_response(written.error().with_context("store snapshot"), ErrorSubject::other);
   log::info("envd-api", "snapshot stored",
@@ -239,9 +249,7 @@ HttpResponse put_snapshot_patch(EnvdApi::Impl& api, const HttpRequest& req,
   if (!snap) return invalid("SNAPSHOT_INVALID", "snapshot patch: " + snap.error().message());
   if (!base->blobs_checked)
     if (auto missing = missing_blobs_answer(api, *snap)) return std::move(*missing);
-  auto document = snapshot::to_json(*snap);
-  if (!document) return invalid("SNAPSHOT_INVALID", "snapshot: " + document.error().message());
-  return stored(api, req, patch->digest, *document, std::move(*snap));
+  return stored(api, req, patch->digest, {}, std::move(*snap));
 }
 
 HttpResponse put_snapshot(EnvdApi::Impl& api, const HttpRequest& req) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <thread>
 
@@ -111,39 +112,70 @@ Result<std::optional<BuiltLayer>> ImageBuilder::find_cached(const oci::Digest& k
   return cached;
 }
 
-Result<BuiltLayer> ImageBuilder::build_document_layer(const snapshot::Snapshot& snapshot,
-                                                      const oci::Digest& key,
-                                                      Compression compression,
-                                                      CompressionContexts& contexts) {
-  ENVD_TRY(const std::string document, snapshot::to_json_without_volatile(snapshot));
-  MemoryContentSource source(document);
-  const std::vector<LayerEntry> entries{source.entry(std::string(k_snapshot_path), 0644)};
-  ENVD_TRY(auto layer, write_layer(entries, source, compression, m_blobs, &contexts));
-  ENVD_TRY_VOID(m_cache.put(key, compression, layer));
-  return layer;
+ImageBuilder::LayerJob ImageBuilder::document_layer_job(
+    std::shared_ptr<const snapshot::Snapshot> snapshot, const oci::Digest& key,
+    Compression compression) {
+  const std::string job_key = key.str() + " " + std::string(media_type_for(compression));
+  std::lock_guard lock(m_jobs_mutex);
+  std::erase_if(m_document_jobs, [](const auto& job) {
+    return job.second.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  });
+  if (auto it = m_document_jobs.find(job_key); it != m_document_jobs.end()) return it->second;
+  auto build = [this, snapshot = std::move(snapshot), key,
+                compression]() mutable -> Result<BuiltLayer> {
+    auto built = [&]() -> Result<BuiltLayer> {
+      // A job that ended just before this one began has cached the layer.
+      ENVD_TRY(auto cached, find_cached(key, compression));
+      if (cached) return std::move(*cached);
+      ENVD_TRY(const std::string document, snapshot::to_json_without_volatile(*snapshot));
+      MemoryContentSource source(document);
+      const std::vector<LayerEntry> entries{source.entry(std::string(k_snapshot_path), 0644)};
+      CompressionContexts contexts;
+      ENVD_TRY(auto layer, write_layer(entries, source, compression, m_blobs, &contexts));
+      ENVD_TRY_VOID(m_cache.put(key, compression, layer));
+      return layer;
+    }();
+    snapshot.reset();  // a finished job holds no snapshot
+    if (!built) return built.error().with_context("build layer snapshot");
+    return built;
+  };
+  auto job = std::async(std::launch::async, std::move(build)).share();
+  m_document_jobs.emplace(job_key, job);
+  return job;
+}
+
+void ImageBuilder::prepare_document_layer(std::shared_ptr<const snapshot::Snapshot> snapshot,
+                                          const oci::Digest& digest, Compression compression) {
+  const oci::Digest key = snapshot_layer_key(digest);
+  auto cached = find_cached(key, compression);
+  if (cached && *cached) return;
+  document_layer_job(std::move(snapshot), key, compression);
 }
 
 Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
                                              const oci::Digest& digest, ContentSource& content,
                                              const BuildOptions& options, BuildProgress& progress) {
   auto started = std::chrono::steady_clock::now();
-  // The snapshot document's layer goes last in the image, but is started first, on a thread of
-  // its own: serialising ~10 MB of JSON and compressing it is the longest step of a rebuild
-  // after a small change, and it overlaps with planning and building the content layers.
-  CompressionContexts contexts;  // shared by the layers of this build
+  // The snapshot document's layer goes last in the image, but is started first (if the builder
+  // API has not started it already), on a thread of its own: serialising ~10 MB of JSON and
+  // compressing it is the longest step of a rebuild after a small change, and it overlaps with
+  // planning and building the content layers.
+  CompressionContexts contexts;  // shared by the content layers of this build
   const oci::Digest document_key = snapshot_layer_key(digest);
   ENVD_TRY(auto document_cached, find_cached(document_key, options.compression));
-  std::future<Result<BuiltLayer>> document_layer;
+  LayerJob document_layer;
   if (!document_cached) {
-    document_layer = std::async(std::launch::async, [&]() -> Result<BuiltLayer> {
-      auto r = build_document_layer(snapshot, document_key, options.compression, contexts);
-      if (!r) return r.error().with_context("build layer snapshot");
-      progress.bytes_written += r->blob.size;
-      progress.layers_done += 1;
-      progress.changed();
-      return r;
-    });
+    // Not owned: the job is awaited below before this function returns, also on an error.
+    document_layer = document_layer_job(
+        std::shared_ptr<const snapshot::Snapshot>(std::shared_ptr<void>(), &snapshot), document_key,
+        options.compression);
   }
+  struct AwaitJob {
+    const LayerJob& job;
+    ~AwaitJob() {
+      if (job.valid()) job.wait();
+    }
+  } await_document_layer{document_layer};
 
   auto plan = plan_layers(snapshot, options.plan);
   progress.layers_total = plan.size() + 1;
@@ -203,9 +235,14 @@ Result<BuildResult> ImageBuilder::build_once(const snapshot::Snapshot& snapshot,
   worker();
   for (auto& t : pool) t.join();
   if (document_layer.valid()) {
-    auto r = document_layer.get();
+    const auto& r = document_layer.get();
     if (!r && !first_error) first_error = r.error();
-    if (r) document_cached = std::move(*r);
+    if (r) {
+      document_cached = *r;
+      progress.bytes_written += r->blob.size;
+      progress.layers_done += 1;
+      progress.changed();
+    }
   }
   if (first_error) return *first_error;
   built.push_back(std::move(document_cached));

@@ -7,6 +7,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -80,13 +81,25 @@ class ImageBuilder {
   Result<BuildResult> build(const snapshot::Snapshot& snapshot, ContentSource& content,
                             const BuildOptions& options, BuildProgress* progress = nullptr);
 
+  // Starts building the layer of the snapshot document (/.envd/snapshot.json) of `snapshot`,
+  // whose digest is `digest`, on a thread of its own, unless that layer is cached or under way,
+  // and returns at once. The builder API calls it as soon as a snapshot arrives: serialising and
+  // compressing ~10 MB of JSON is the longest step of a rebuild after a small change, and so it
+  // overlaps with storing the snapshot. A build of the snapshot with the same compression takes
+  // this layer (waiting for it) instead of building its own. A failure is left to that build,
+  // which tries again.
+  void prepare_document_layer(std::shared_ptr<const snapshot::Snapshot> snapshot,
+                              const oci::Digest& digest, Compression compression);
+
  private:
   // The cached layer for `key`, when its blob is still in the store.
   Result<std::optional<BuiltLayer>> find_cached(const oci::Digest& key, Compression compression);
-  // Builds and caches the layer holding the snapshot document at /.envd/snapshot.json.
-  Result<BuiltLayer> build_document_layer(const snapshot::Snapshot& snapshot,
-                                          const oci::Digest& key, Compression compression,
-                                          CompressionContexts& contexts);
+  using LayerJob = std::shared_future<Result<BuiltLayer>>;
+  // The job building the layer holding the snapshot document at /.envd/snapshot.json, which
+  // caches it under `key`: the one under way for `key` and `compression`, else a new one. A new
+  // job holds `snapshot` until it ends (a caller passing a non-owning pointer must wait for it).
+  LayerJob document_layer_job(std::shared_ptr<const snapshot::Snapshot> snapshot,
+                              const oci::Digest& key, Compression compression);
   Result<BuildResult> build_once(const snapshot::Snapshot& snapshot, const oci::Digest& digest,
                                  ContentSource& content, const BuildOptions& options,
                                  BuildProgress& progress);
@@ -96,6 +109,10 @@ class ImageBuilder {
   LayerCache& m_cache;
   std::mutex m_mutex;
   std::map<std::string, std::shared_future<Result<BuildResult>>> m_in_flight;
+  std::mutex m_jobs_mutex;
+  // Document layer jobs under way, by layer key and compression (finished ones are dropped at the
+  // next lookup). Declared last, so destroying the builder first waits for the jobs.
+  std::map<std::string, LayerJob> m_document_jobs;
 };
 
 // The image config's Env for a snapshot: PATH with the primary environment's bin first, and

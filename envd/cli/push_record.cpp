@@ -157,6 +157,7 @@ Result<void> commit_record(const fs::path& dir, const PushOutcome& out) {
 
 void RecordWriter::start(std::shared_ptr<const std::string> document,
                          std::shared_ptr<const snapshot::ItemIndex> index) {
+  if (m_future.valid()) return;
   m_future = std::async(std::launch::async,
                         [this, document = std::move(document), index = std::move(index)] {
                           return write_snapshot_files(m_dir, m_out.snapshot, m_out.snapshot_digest,

@@ -55,7 +55,7 @@ class RecordWriter {
       : m_dir(std::move(dir)), m_out(out), m_remote(remote) {}
 
   // Starts writing: the document (serialised there when null), and for a remote builder the
-  // blob list and the item index (made there when null).
+  // blob list and the item index (made there when null). Once only: a second call does nothing.
   void start(std::shared_ptr<const std::string> document,
              std::shared_ptr<const snapshot::ItemIndex> index);
   // Waits for the files (writing them now if start() was not called).

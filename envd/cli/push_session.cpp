@@ -269,7 +269,9 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
   };
   std::optional<oci::Digest> submitted;
   std::shared_ptr<const std::string> document;  // the whole document, when it was sent
+  // The record's files are written while the snapshot is submitted and built.
   if (base) {
+    record.start(nullptr, index);
     ENVD_TRY(auto patch, snapshot::make_patch(*base, out.snapshot, *index));
     auto s = submit(patch, snapshot::k_patch_media_type);
     if (s) {
@@ -288,6 +290,7 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
     auto serialised = snapshot::to_json(out.snapshot);
     if (!serialised) return serialised.error().with_context("serialise the snapshot");
     document = std::make_shared<const std::string>(std::move(*serialised));
+    record.start(document, index);
     auto s = submit(*document, snapshot::k_media_type);
     if (!s) return s.error().with_context("submit the snapshot to " + out.builder);
     submitted = *s;
@@ -311,7 +314,6 @@ Result<void> push_remote(PushOutcome& out, const PushTarget& target, PushProgres
   if (progress != nullptr) progress->phase = 2;
   auto id = client->start_build(out.repository, out.snapshot_digest, out.tag, target.compression);
   if (!id) return id.error().with_context("start the build on " + out.builder);
-  record.start(document, index);
   auto built = client->wait_build(out.repository, *id, [progress](const agent::RemoteBuild& b) {
     if (progress == nullptr) return;
     progress->layers_total = b.layers_total;

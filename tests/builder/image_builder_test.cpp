@@ -262,3 +262,49 @@ TEST_CASE("the snapshot document's layer is keyed by the snapshot digest alone")
   auto m = manifest_of(state, first.manifest_digest);
   CHECK((*cached)->blob.digest.str() == m["layers"].back()["digest"].get<std::string>());
 }
+
+TEST_CASE(
+    "a document layer prepared when the snapshot arrives gives the same image, and is cached") {
+  ScratchDir dir;
+  make_prefix(dir / "env");
+  auto snap = take(dir / "env");
+  auto plain_state = *BuilderState::open(dir / "plain");
+  auto plain = build(*plain_state, snap);
+  const auto digest = *snapshot::digest_of(snap);
+
+  // Prepared, then built at once: the build takes the job under way (or its cached layer).
+  auto state = *BuilderState::open(dir / "prepared");
+  auto owned = std::make_shared<const snapshot::Snapshot>(snap);
+  std::weak_ptr<const snapshot::Snapshot> watch = owned;
+  state->builder->prepare_document_layer(std::move(owned), digest, Compression::zstd);
+  auto prepared = build(*state, snap);
+  CHECK(prepared.manifest_digest == plain.manifest_digest);
+  CHECK(prepared.layers == plain.layers);
+  CHECK(prepared.layers_reused == 0);
+
+  // Another snapshot, prepared only; the builder is closed before any build, which waits for the
+  // job: it released its snapshot, and the layer it left in the cache is reused by the next build.
+  auto later = snap;
+  later.environments.front().unowned.pop_back();
+  const auto later_digest = *snapshot::digest_of(later);
+  state->builder->prepare_document_layer(std::make_shared<const snapshot::Snapshot>(later),
+                                         later_digest, Compression::zstd);
+  state.reset();
+  CHECK(watch.expired());
+  state = *BuilderState::open(dir / "prepared");
+  auto cached = state->layers->find(snapshot_layer_key(later_digest), Compression::zstd);
+  REQUIRE(cached);
+  CHECK(cached->has_value());
+  auto later_build = build(*state, later);
+  CHECK(later_build.layers_reused >= 1);
+  auto m = manifest_of(*state, later_build.manifest_digest);
+  CHECK((*cached)->blob.digest.str() == m["layers"].back()["digest"].get<std::string>());
+
+  // A prepared layer in the wrong compression is not taken: the gzip build makes its own.
+  auto gzip_state = *BuilderState::open(dir / "gzip");
+  gzip_state->builder->prepare_document_layer(std::make_shared<const snapshot::Snapshot>(snap),
+                                              digest, Compression::zstd);
+  auto gzip = build(*gzip_state, snap, Compression::gzip);
+  auto gm = manifest_of(*gzip_state, gzip.manifest_digest);
+  CHECK(gm["layers"].back()["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip");
+}
