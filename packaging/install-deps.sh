@@ -6,7 +6,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git python3
   libgit2-dev libarchive-dev libcpp-httplib-dev libssl-dev libsqlite3-dev
-  libyaml-cpp-dev doctest-dev nlohmann-json3-dev libzstd-dev libcli11-dev zlib1g-dev
+  libyaml-cpp-dev doctest-dev nlohmann-json3-dev libzstd-dev libcli11-dev zlib1g-dev libjemalloc-dev
 )
 test_pkgs=(
   python3-venv python3-pip python3-setuptools python3-distributed

@@ -273,3 +273,13 @@ TEST_CASE("an unreadable file fails the snapshot naming it (run as an unprivileg
   CHECK(r.err.find("Permission denied") != std::string::npos);
   CHECK(tree_listing(prefix) == before);
 }
+
+TEST_CASE("the envd executable allocates with jemalloc configured for huge pages and one arena") {
+  // jemalloc prints its options at exit when asked to; losing the link or the compiled-in
+  // configuration (envd/cli/malloc_conf.cpp) would bring back the page-fault cost it removes.
+  auto r = run_command({envd_binary(), "--version"}, {{"MALLOC_CONF", "stats_print:true"}});
+  REQUIRE(r.exit_code == 0);
+  const std::string all = r.out + r.err;
+  CHECK(all.find("opt.thp: \"always\"") != std::string::npos);
+  CHECK(all.find("opt.narenas: 1\n") != std::string::npos);
+}
