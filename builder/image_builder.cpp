@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 namespace envd::builder {
@@ -139,7 +140,14 @@ ImageBuilder::LayerJob ImageBuilder::document_layer_job(
     if (!built) return built.error().with_context("build layer snapshot");
     return built;
   };
-  auto job = std::async(std::launch::async, std::move(build)).share();
+  LayerJob job;
+  try {
+    job = std::async(std::launch::async, build).share();
+  } catch (const std::system_error&) {  // no thread to be had: build it here and now
+    std::promise<Result<BuiltLayer>> done;
+    done.set_value(build());
+    return done.get_future().share();
+  }
   m_document_jobs.emplace(job_key, job);
   return job;
 }

@@ -10,7 +10,11 @@ cd "$(dirname "$0")/../.."
 envd=$(realpath "${ENVD:-./build/envd/cli/envd}")
 src_prefix=${1:-$( (pyenv root 2>/dev/null || echo /root/.pyenv) | head -1)/versions/3.11.7}
 [ -x "$envd" ] || { echo "build envd first (bash packaging/build.sh)" >&2; exit 1; }
-work=$(mktemp -d /tmp/envd-build-bench.XXXXXX); trap 'rm -rf "$work"' EXIT
+work=$(mktemp -d /tmp/envd-build-bench.XXXXXX)
+# buildah names the image it imports from oci:DIR after DIR, and an image name must be lowercase:
+# its OCI layout is reached through a link named by this shell's pid.
+buildah_oci=/tmp/envd-buildah.$$
+trap 'rm -rf "$work" "$buildah_oci"' EXIT
 # A copy at a fixed path, so the one-file change below does not touch the original.
 prefix=$work/prefix
 cp -a "$src_prefix" "$prefix"
@@ -19,7 +23,14 @@ find "$prefix" -type f -print0 | xargs -0 cat > /dev/null  # warm the page cache
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 now() { date +%s.%N; }
 # secs CMD...: its wall time in seconds, or n/a when it fails.
-secs() { local t0 t1; t0=$(now); "$@" >/dev/null 2>&1 || { echo n/a; return; }; t1=$(now); echo "$t1 - $t0" | bc -l; }
+# A failing command prints its last lines of output on stderr.
+secs() {
+  local t0 t1
+  t0=$(now)
+  "$@" >"$work/cmd.log" 2>&1 || { { echo "failed: $*"; tail -5 "$work/cmd.log"; } >&2; echo n/a; return; }
+  t1=$(now)
+  echo "$t1 - $t0" | bc -l
+}
 json() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])['$1'])"; }
 
 export ENVD_HOME=$work/home
@@ -64,11 +75,14 @@ if [ "${PEERS:-1}" = 1 ] && command -v umoci >/dev/null; then
 fi
 buildah_s=n/a
 if [ "${PEERS:-1}" = 1 ] && command -v buildah >/dev/null; then
-  buildah_s=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from scratch) && buildah --storage-driver vfs copy \$ctr '$prefix' '$prefix' && buildah --storage-driver vfs commit \$ctr oci:$work/oci-buildah:v1 && buildah --storage-driver vfs rm \$ctr")
+  ln -sfn "$work" "$buildah_oci"
+  buildah_s=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from scratch) && buildah --storage-driver vfs copy \$ctr '$prefix' '$prefix' && buildah --storage-driver vfs commit \$ctr oci:$buildah_oci/oci-buildah:v1 && buildah --storage-driver vfs rm \$ctr")
   # The rebuild a buildah user makes: from the last image, copy the changed file in, commit.
   echo "# changed for buildah" >> "$small"
-  buildah_re=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from -q oci:$work/oci-buildah:v1) && buildah --storage-driver vfs copy \$ctr '$small' '$small' && buildah --storage-driver vfs commit \$ctr oci:$work/oci-buildah:v2 && buildah --storage-driver vfs rm \$ctr")
+  buildah_re=$(secs sh -c "ctr=\$(buildah --storage-driver vfs from -q oci:$buildah_oci/oci-buildah:v1) && buildah --storage-driver vfs copy \$ctr '$small' '$small' && buildah --storage-driver vfs commit \$ctr oci:$buildah_oci/oci-buildah:v2 && buildah --storage-driver vfs rm \$ctr")
   rm -rf "$work/oci-buildah"
+  # `from oci:DIR` imported the image into buildah's storage under the directory's name.
+  buildah --storage-driver vfs rmi "localhost$buildah_oci/oci-buildah" >/dev/null 2>&1 || true
 fi
 
 files=$(find "$prefix" \( -type f -o -type l \) | wc -l)
@@ -88,11 +102,13 @@ printf '%-46s %7.2f s  (target <= 0.3 s)\n' "envd rebuild, one file in one packa
 printf '%-46s %7.2f s\n' "envd push after that change (end to end)" "$changed_total"
 printf '%-46s %7.2f s  (%s layers reused)\n' "envd rebuild, one ~100 KB package added" "$added_build" "$added_reused"
 printf '%-46s %7.2f s  (target 1.0 s)\n' "envd push after adding it (end to end)" "$added_total"
-# peer NAME COLD REBUILD: seconds and how many times envd's cold build and one-file rebuild are faster.
+# peer NAME COLD REBUILD: seconds and how many times envd's cold build and one-file rebuild are
+# faster; n/a: not installed, PEERS=0, or the command failed (its output is above).
 peer() {
-  if [ "$2" = n/a ] || [ "$3" = n/a ]; then printf '%-46s %7s s / %s s rebuild (n/a: not installed, PEERS=0 or failed)\n' "$1" "$2" "$3"; return; fi
-  printf '%-46s %7.2f s  envd %.1f x faster (target >= 10 x); rebuild %.2f s: envd %.0f x (target >= 30 x)\n' \
-    "$1" "$2" "$(r "$2" "$cold_build")" "$3" "$(r "$3" "$changed_build")"
+  local cold=n/a rebuild=n/a
+  [ "$2" != n/a ] && cold=$(printf '%.2f s: envd %.1f x faster (target >= 10 x)' "$2" "$(r "$2" "$cold_build")")
+  [ "$3" != n/a ] && rebuild=$(printf '%.2f s: envd %.0f x faster (target >= 30 x)' "$3" "$(r "$3" "$changed_build")")
+  printf '%-46s %s; rebuild %s\n' "$1" "$cold" "$rebuild"
 }
 peer "umoci (unpack, copy, repack)" "$umoci_s" "${umoci_re:-n/a}"
 peer "buildah (from scratch, copy, commit)" "$buildah_s" "${buildah_re:-n/a}"
