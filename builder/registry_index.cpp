@@ -8,6 +8,8 @@
 #include <mutex>
 #include <utility>
 
+#include "envd/util/sqlite_statement.hpp"
+
 namespace envd::builder {
 namespace {
 
@@ -77,39 +79,7 @@ CREATE TABLE IF NOT EXISTS uploads(
 ) WITHOUT ROWID;
 )sql";
 
-// A prepared statement, finalized on scope exit.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { m_rc = sqlite3_prepare_v2(db, sql, -1, &m_stmt, nullptr); }
-  ~Stmt() { sqlite3_finalize(m_stmt); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-
-  bool ok() const { return m_rc == SQLITE_OK; }
-  Stmt& bind(int i, std::string_view text) {
-    if (m_rc == SQLITE_OK)
-      m_rc = sqlite3_bind_text(m_stmt, i, text.data(), static_cast<int>(text.size()),
-                               SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& bind(int i, std::int64_t v) {
-    if (m_rc == SQLITE_OK) m_rc = sqlite3_bind_int64(m_stmt, i, v);
-    return *this;
-  }
-  // SQLITE_ROW, SQLITE_DONE or an error code.
-  int step() { return m_rc == SQLITE_OK ? sqlite3_step(m_stmt) : m_rc; }
-  std::string text(int col) const {
-    const auto* p = sqlite3_column_text(m_stmt, col);
-    return p != nullptr ? std::string(reinterpret_cast<const char*>(p),
-                                      static_cast<std::size_t>(sqlite3_column_bytes(m_stmt, col)))
-                        : std::string();
-  }
-  std::int64_t int64(int col) const { return sqlite3_column_int64(m_stmt, col); }
-
- private:
-  sqlite3_stmt* m_stmt = nullptr;
-  int m_rc;
-};
+using Stmt = SqliteStatement;
 
 Result<void> check_repo(std::string_view repo) {
   if (!is_valid_repository(repo))

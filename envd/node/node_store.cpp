@@ -1,5 +1,5 @@
 // NodeStore: data dir layout, flock-based locks and staging, SQLite state (images, references,
-// layers), leases and the quota garbage collector.
+// layers) and leases. Disk usage and the garbage collector are in node_store_gc.cpp.
 #include "envd/node/node_store.hpp"
 
 #include <dirent.h>
@@ -16,6 +16,7 @@
 #include <set>
 #include <utility>
 
+#include "envd/node/node_store_internal.hpp"
 #include "envd/util/atomic_file.hpp"
 #include "envd/util/json_detail.hpp"
 #include "envd/util/log.hpp"
@@ -23,6 +24,7 @@
 
 namespace envd::node {
 namespace fs = std::filesystem;
+using namespace store_internal;
 namespace {
 
 constexpr int k_busy_timeout_ms = 60000;
@@ -59,10 +61,20 @@ int flock_retry(int fd, int op) {
   }
 }
 
-// Opens (creating) `path` and flock()s it with `op`. Lock files may be unlinked by their holder
-// (gc, staging cleanup), so after locking we check the name still points at our inode; if not we
-// locked a dead file and start over. Returns an unheld FileLock when LOCK_NB was given and the
-// lock is taken by someone else.
+std::string layers_to_json(const std::vector<LayerRecord>& layers) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& l : layers)
+    arr.push_back({{"mediaType", l.blob.media_type},
+                   {"digest", l.blob.digest.str()},
+                   {"size", l.blob.size},
+                   {"diffId", l.diff_id.str()}});
+  return arr.dump();
+}
+
+}  // namespace
+
+namespace store_internal {
+
 Result<FileLock> acquire_lock(const fs::path& path, int op) {
   for (int attempt = 0; attempt < 64; ++attempt) {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -82,8 +94,6 @@ Result<FileLock> acquire_lock(const fs::path& path, int op) {
   return Error(ErrorCode::io, "lock " + path.string() + ": removed repeatedly");
 }
 
-// Removes a tree that may hold read-only directories (layers keep their modes): on failure, make
-// every directory writable and try again. Symlinks are removed, never followed.
 Result<void> remove_tree(const fs::path& path) {
   std::error_code ec;
   fs::remove_all(path, ec);
@@ -107,60 +117,10 @@ std::vector<std::string> list_names(const fs::path& dir) {
   return out;
 }
 
-// A digest from a 64-hex file name, or nullopt for anything else.
 std::optional<oci::Digest> digest_of_name(std::string_view hex) {
   auto d = oci::Digest::parse("sha256:" + std::string(hex));
   if (!d) return std::nullopt;
   return *d;
-}
-
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) : m_db(db) {
-    m_rc = sqlite3_prepare_v2(db, sql, -1, &m_stmt, nullptr);
-  }
-  ~Stmt() { sqlite3_finalize(m_stmt); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  Stmt& bind(int i, std::string_view text) {
-    if (m_rc == SQLITE_OK)
-      m_rc = sqlite3_bind_text(m_stmt, i, text.data(), static_cast<int>(text.size()),
-                               SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& bind(int i, std::int64_t v) {
-    if (m_rc == SQLITE_OK) m_rc = sqlite3_bind_int64(m_stmt, i, v);
-    return *this;
-  }
-  int step() { return m_rc == SQLITE_OK ? sqlite3_step(m_stmt) : m_rc; }
-  Result<void> run(std::string_view what) {
-    int rc = step();
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-      return Error(ErrorCode::io, std::string(what) + ": " + sqlite3_errmsg(m_db));
-    return {};
-  }
-  std::string text(int col) const {
-    const auto* p = sqlite3_column_text(m_stmt, col);
-    return p != nullptr ? std::string(reinterpret_cast<const char*>(p),
-                                      static_cast<std::size_t>(sqlite3_column_bytes(m_stmt, col)))
-                        : std::string();
-  }
-  std::int64_t int64(int col) const { return sqlite3_column_int64(m_stmt, col); }
-
- private:
-  sqlite3* m_db;
-  sqlite3_stmt* m_stmt = nullptr;
-  int m_rc;
-};
-
-std::string layers_to_json(const std::vector<LayerRecord>& layers) {
-  nlohmann::json arr = nlohmann::json::array();
-  for (const auto& l : layers)
-    arr.push_back({{"mediaType", l.blob.media_type},
-                   {"digest", l.blob.digest.str()},
-                   {"size", l.blob.size},
-                   {"diffId", l.diff_id.str()}});
-  return arr.dump();
 }
 
 Result<std::vector<LayerRecord>> layers_from_json(std::string_view text) {
@@ -182,7 +142,7 @@ Result<std::vector<LayerRecord>> layers_from_json(std::string_view text) {
   return out;
 }
 
-}  // namespace
+}  // namespace store_internal
 
 // ---- FileLock, StagingDir ----
 
@@ -229,101 +189,6 @@ void StagingDir::cleanup() {
 }
 
 // ---- NodeStore ----
-
-struct NodeStore::Impl {
-  fs::path dir;
-  NodeStoreOptions options;
-  std::unique_ptr<store::FsBlobStore> blobs;
-  std::mutex db_mutex;
-  sqlite3* db = nullptr;
-
-  ~Impl() {
-    if (db != nullptr) sqlite3_close(db);
-  }
-  fs::path staging() const { return dir / "staging"; }
-  fs::path locks() const { return dir / "locks"; }
-  fs::path use_lock_path(const oci::Digest& d) const {
-    return locks() / ("use-" + std::string(d.hex()) + ".lock");
-  }
-  Result<void> exec(const char* sql, std::string_view what) {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err != nullptr ? err : "unknown error";
-      sqlite3_free(err);
-      return Error(ErrorCode::io, std::string(what) + ": " + msg);
-    }
-    return {};
-  }
-  // Staging left by owners that died: each owner holds <name>.lock; a directory whose lock file
-  // we can take (or that has none) is abandoned.
-  Result<void> clean_staging() {
-    auto names = list_names(staging());
-    std::set<std::string> all(names.begin(), names.end());
-    for (const auto& name : names) {
-      if (name.ends_with(".lock")) {
-        ENVD_TRY(auto lock, acquire_lock(staging() / name, LOCK_EX | LOCK_NB));
-        if (!lock.held()) continue;
-        std::string base = name.substr(0, name.size() - 5);
-        ENVD_TRY_VOID(remove_tree(staging() / base));
-        ::unlink((staging() / name).c_str());
-        log::info("node", "removed abandoned staging", {{"path", (staging() / base).string()}});
-      } else if (!all.contains(name + ".lock") && !fs::exists(staging() / (name + ".lock"))) {
-        ENVD_TRY_VOID(remove_tree(staging() / name));
-        log::info("node", "removed abandoned staging", {{"path", (staging() / name).string()}});
-      }
-    }
-    return {};
-  }
-  Result<ImageRecord> read_image_row(Stmt& q) {
-    ENVD_TRY(auto manifest, oci::Digest::parse(q.text(0)));
-    ENVD_TRY(auto config, oci::Digest::parse(q.text(3)));
-    ENVD_TRY(auto layers, layers_from_json(q.text(7)));
-    return ImageRecord{
-        .manifest_digest = manifest,
-        .manifest_media_type = q.text(1),
-        .manifest_size = static_cast<std::uint64_t>(q.int64(2)),
-        .config = oci::Descriptor{q.text(4), config, static_cast<std::uint64_t>(q.int64(5)), {}},
-        .config_json = q.text(6),
-        .layers = std::move(layers),
-        .references = {},
-        .pulled_at = q.int64(8),
-        .last_used = q.int64(9),
-    };
-  }
-  // References and sizes of `images` (db_mutex held).
-  void complete(std::vector<ImageRecord>& images) {
-    std::map<std::string, std::int64_t> layer_bytes;
-    Stmt lq(db, "SELECT diff_id, bytes FROM layers");
-    while (lq.step() == SQLITE_ROW) layer_bytes[lq.text(0)] = lq.int64(1);
-    for (auto& img : images) {
-      Stmt rq(db, "SELECT reference FROM refs WHERE manifest = ?1 ORDER BY reference");
-      rq.bind(1, img.manifest_digest.view());
-      while (rq.step() == SQLITE_ROW) img.references.push_back(rq.text(0));
-      img.size_bytes = img.manifest_size + img.config.size;
-      for (const auto& l : img.layers) {
-        img.size_bytes += l.blob.size;
-        if (auto it = layer_bytes.find(l.diff_id.str()); it != layer_bytes.end())
-          img.size_bytes += static_cast<std::uint64_t>(it->second);
-      }
-    }
-  }
-  Result<void> retire(const fs::path& final_path);
-  Result<std::vector<ImageRecord>> images_where(const char* sql, std::string_view arg) {
-    std::lock_guard guard(db_mutex);
-    Stmt q(db, sql);
-    if (!arg.empty()) q.bind(1, arg);
-    std::vector<ImageRecord> out;
-    int rc;
-    while ((rc = q.step()) == SQLITE_ROW) {
-      ENVD_TRY(auto r, read_image_row(q));
-      out.push_back(std::move(r));
-    }
-    if (rc != SQLITE_DONE)
-      return Error(ErrorCode::io, "read images from state: " + std::string(sqlite3_errmsg(db)));
-    complete(out);
-    return out;
-  }
-};
 
 NodeStore::NodeStore(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
 NodeStore::~NodeStore() = default;
@@ -581,192 +446,6 @@ bool NodeStore::in_use(const oci::Digest& manifest) {
   if (fd < 0) return false;  // nobody ever pinned it (or gc removed an unheld lock)
   FileLock probe(fd);
   return flock_retry(fd, LOCK_EX | LOCK_NB) != 0;
-}
-
-Result<std::uint64_t> NodeStore::usage() {
-  std::uint64_t total = 0;
-  ENVD_TRY(auto digests, m_impl->blobs->list());
-  for (const auto& d : digests) total += m_impl->blobs->size(d).value_or(0);
-  ENVD_TRY(auto partial, m_impl->blobs->list_resumable());
-  for (const auto& d : partial) {
-    std::error_code ec;
-    auto n = fs::file_size(m_impl->dir / "resume" / std::string(d.hex()), ec);
-    if (!ec) total += n;
-  }
-  std::lock_guard guard(m_impl->db_mutex);
-  Stmt q(m_impl->db, "SELECT diff_id, bytes FROM layers");
-  while (q.step() == SQLITE_ROW) {
-    auto d = oci::Digest::parse(q.text(0));
-    if (d && has_layer(*d)) total += static_cast<std::uint64_t>(q.int64(1));
-  }
-  return total;
-}
-
-// Moves a final directory (env or layer) into staging, so it disappears from its name at once,
-// then removes it.
-Result<void> NodeStore::Impl::retire(const fs::path& final_path) {
-  std::string name = "retired-" + random_name();
-  fs::path lock_path = staging() / (name + ".lock");
-  ENVD_TRY(auto lock, acquire_lock(lock_path, LOCK_EX));
-  StagingDir retired(staging() / name, lock_path, std::move(lock));
-  if (::rename(final_path.c_str(), retired.path().c_str()) != 0 && errno != ENOENT)
-    return Error::from_errno("move " + final_path.string() + " out of the way", errno);
-  return {};  // ~StagingDir removes the tree
-}
-
-Result<GcResult> NodeStore::gc(const GcOptions& options) {
-  Impl& impl = *m_impl;
-  const std::string what = "gc " + impl.dir.string();
-  auto fail = [&](const Error& e) { return e.with_context(what); };
-  ENVD_TRY(auto no_pulls, acquire_lock(impl.locks() / "pulls.lock", LOCK_EX));
-  GcResult result;
-  auto before = usage();
-  if (!before) return fail(before.error());
-  result.bytes_before = *before;
-  auto listed = list_images();
-  if (!listed) return fail(listed.error());
-  std::vector<ImageRecord> images = std::move(*listed);
-
-  std::map<std::string, std::uint64_t> layer_bytes;
-  {
-    std::lock_guard guard(impl.db_mutex);
-    Stmt q(impl.db, "SELECT diff_id, bytes FROM layers");
-    while (q.step() == SQLITE_ROW) layer_bytes[q.text(0)] = static_cast<std::uint64_t>(q.int64(1));
-  }
-  std::vector<bool> kept(images.size(), true);
-  // Bytes the kept images need: distinct blobs plus distinct unpacked layers.
-  auto needed = [&] {
-    std::set<oci::Digest> blobs;
-    std::set<oci::Digest> layers;
-    std::uint64_t total = 0;
-    for (std::size_t i = 0; i < images.size(); ++i) {
-      if (!kept[i]) continue;
-      const auto& img = images[i];
-      if (blobs.insert(img.manifest_digest).second) total += img.manifest_size;
-      if (blobs.insert(img.config.digest).second) total += img.config.size;
-      for (const auto& l : img.layers) {
-        if (blobs.insert(l.blob.digest).second && impl.blobs->contains(l.blob.digest))
-          total += l.blob.size;
-        if (layers.insert(l.diff_id).second) total += layer_bytes[l.diff_id.str()];
-      }
-    }
-    return total;
-  };
-
-  std::vector<FileLock> evicting;  // use locks held exclusively: nobody can pin these now
-  if (options.quota) {
-    std::int64_t now = impl.options.now();
-    for (std::size_t n = images.size(); n-- > 0;) {  // least recently used first
-      if (needed() <= *options.quota) break;
-      const auto& img = images[n];
-      if (img.in_use) {
-        result.kept_in_use.push_back(img.manifest_digest);
-        continue;
-      }
-      if (now - std::max(img.pulled_at, img.last_used) < options.grace.count()) {
-        result.kept_in_grace.push_back(img.manifest_digest);
-        continue;
-      }
-      auto lock = acquire_lock(impl.use_lock_path(img.manifest_digest), LOCK_EX | LOCK_NB);
-      if (!lock) return fail(lock.error());
-      if (!lock->held()) {  // pinned since we listed
-        result.kept_in_use.push_back(img.manifest_digest);
-        continue;
-      }
-      evicting.push_back(std::move(*lock));
-      kept[n] = false;
-    }
-    result.quota_met = needed() <= *options.quota;
-  }
-
-  std::set<oci::Digest> keep_blobs;
-  std::set<oci::Digest> keep_layers;
-  std::set<oci::Digest> keep_envs;
-  for (std::size_t i = 0; i < images.size(); ++i) {
-    const auto& img = images[i];
-    if (!kept[i]) {
-      ENVD_TRY_VOID(impl.retire(env_dir(img.manifest_digest)));
-      std::lock_guard guard(impl.db_mutex);
-      Stmt d1(impl.db, "DELETE FROM images WHERE manifest = ?1");
-      d1.bind(1, img.manifest_digest.view());
-      Stmt d2(impl.db, "DELETE FROM refs WHERE manifest = ?1");
-      d2.bind(1, img.manifest_digest.view());
-      if (auto r = d1.run(what); !r) return r.error();
-      if (auto r = d2.run(what); !r) return r.error();
-      result.images_evicted.push_back(img.manifest_digest);
-      log::info("node", "evicted image", {{"manifest", img.manifest_digest.str()}});
-      continue;
-    }
-    keep_envs.insert(img.manifest_digest);
-    keep_blobs.insert(img.manifest_digest);
-    keep_blobs.insert(img.config.digest);
-    for (const auto& l : img.layers) {
-      keep_blobs.insert(l.blob.digest);
-      keep_layers.insert(l.diff_id);
-    }
-  }
-  result.envs_removed = result.images_evicted.size();
-  // Environments no image record names (a pull that died after assembly): unless leased.
-  for (const auto& name : list_names(impl.dir / "envs")) {
-    auto d = digest_of_name(name);
-    if (!d || keep_envs.contains(*d)) continue;
-    auto lock = acquire_lock(impl.use_lock_path(*d), LOCK_EX | LOCK_NB);
-    if (!lock) return fail(lock.error());
-    if (!lock->held()) continue;
-    ENVD_TRY_VOID(impl.retire(env_dir(*d)));
-    ++result.envs_removed;
-  }
-  for (const auto& name : list_names(impl.dir / "layers")) {
-    auto d = digest_of_name(name);
-    if (!d || keep_layers.contains(*d)) continue;
-    ENVD_TRY_VOID(impl.retire(layer_dir(*d)));
-    ++result.layers_removed;
-  }
-  {
-    std::lock_guard guard(impl.db_mutex);
-    std::vector<std::string> gone;
-    Stmt q(impl.db, "SELECT diff_id FROM layers");
-    while (q.step() == SQLITE_ROW) {
-      auto d = oci::Digest::parse(q.text(0));
-      if (!d || !keep_layers.contains(*d)) gone.push_back(q.text(0));
-    }
-    for (const auto& g : gone) {
-      Stmt d(impl.db, "DELETE FROM layers WHERE diff_id = ?1");
-      d.bind(1, g);
-      if (auto r = d.run(what); !r) return r.error();
-    }
-  }
-  auto blobs = impl.blobs->list();
-  if (!blobs) return fail(blobs.error());
-  for (const auto& d : *blobs) {
-    if (keep_blobs.contains(d)) continue;
-    if (auto r = impl.blobs->remove(d); !r) return fail(r.error());
-    ++result.blobs_removed;
-  }
-  // Partial downloads are worth keeping for a resume, unless space is asked for.
-  if (options.quota && result.bytes_before > *options.quota) {
-    auto partial = impl.blobs->list_resumable();
-    if (!partial) return fail(partial.error());
-    for (const auto& d : *partial)
-      if (auto r = impl.blobs->discard_resumable(d); !r) return fail(r.error());
-  }
-  // Lock files nobody holds (they are recreated on demand; see acquire_lock).
-  for (const auto& name : list_names(impl.locks())) {
-    if (name == "pulls.lock") continue;
-    auto lock = acquire_lock(impl.locks() / name, LOCK_EX | LOCK_NB);
-    if (lock && lock->held()) ::unlink((impl.locks() / name).c_str());
-  }
-  auto after = usage();
-  if (!after) return fail(after.error());
-  result.bytes_after = *after;
-  if (options.quota) result.quota_met = result.bytes_after <= *options.quota;
-  log::info("node", "gc done",
-            {{"bytes_before", std::to_string(result.bytes_before)},
-             {"bytes_after", std::to_string(result.bytes_after)},
-             {"images_evicted", std::to_string(result.images_evicted.size())},
-             {"layers_removed", std::to_string(result.layers_removed)},
-             {"blobs_removed", std::to_string(result.blobs_removed)}});
-  return result;
 }
 
 }  // namespace envd::node
