@@ -38,7 +38,7 @@ class CompressionContexts {
   CompressionContexts(const CompressionContexts&) = delete;
   CompressionContexts& operator=(const CompressionContexts&) = delete;
 
-  struct Impl;  // defined in layer_writer.cpp
+  struct Impl;  // defined in layer_compressor.cpp
   Impl& impl() { return *m_impl; }
 
  private:
