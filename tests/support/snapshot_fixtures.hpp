@@ -23,29 +23,14 @@
 #include "envd/snapshot/snapshot.hpp"
 #include "support/run_command.hpp"
 #include "support/scratch_dir.hpp"
+#include "support/snapshot_samples.hpp"
 
 namespace envd::snapshot::fixtures {
 
 namespace fs = std::filesystem;
 
-inline FileEntry regular(std::string path, std::string_view content, std::uint32_t mode = 0644) {
-  FileEntry f;
-  f.path = std::move(path);
-  f.type = FileType::regular;
-  f.digest = oci::sha256_of(content);
-  f.size = content.size();
-  f.mode = mode;
-  return f;
-}
-
-inline FileEntry symlink(std::string path, std::string target) {
-  FileEntry f;
-  f.path = std::move(path);
-  f.type = FileType::symlink;
-  f.mode = 0777;
-  f.target = std::move(target);
-  return f;
-}
+using test::regular;
+using test::symlink;
 
 // Small enough that its canonical text is predictable, so tests can edit it as a string.
 // Modes are chosen so "mode":493 (0755) occurs once: on packages/0/files/0.

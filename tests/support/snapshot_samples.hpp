@@ -22,6 +22,16 @@ inline snapshot::FileEntry regular(std::string path, std::string_view content,
   return f;
 }
 
+// A symlink to `target`, mode 0777 as Linux reports it.
+inline snapshot::FileEntry symlink(std::string path, std::string target) {
+  snapshot::FileEntry f;
+  f.path = std::move(path);
+  f.type = snapshot::FileType::symlink;
+  f.mode = 0777;
+  f.target = std::move(target);
+  return f;
+}
+
 // A pip package (installer "pip") owning `files`.
 inline snapshot::Package pip(std::string name, std::string version,
                              std::vector<snapshot::FileEntry> files = {}) {

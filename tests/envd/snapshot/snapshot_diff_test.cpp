@@ -17,17 +17,9 @@ namespace {
 
 using test::pip;
 using test::regular;
+using test::symlink;
 
 using Strings = std::vector<std::string>;
-
-FileEntry symlink(std::string path, std::string target) {
-  FileEntry f;
-  f.path = std::move(path);
-  f.type = FileType::symlink;
-  f.mode = 0777;
-  f.target = std::move(target);
-  return f;
-}
 
 Package conda(std::string name, std::string version, std::string build) {
   Package p;
