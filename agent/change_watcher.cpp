@@ -25,6 +25,7 @@
 #include "agent/ignore_pattern.hpp"
 #include "agent/source_listing.hpp"
 #include "envd/util/log.hpp"
+#include "envd/util/stat_key.hpp"
 #include "envd/util/unique_fd.hpp"
 
 namespace envd::agent {
@@ -143,10 +144,7 @@ std::vector<std::string> site_packages_of(const std::string& prefix) {
 
 // What a file looked like at a scan, for polling mode.
 struct Stamp {
-  std::int64_t mtime_ns = 0;
-  std::int64_t ctime_ns = 0;
-  std::uint64_t size = 0;
-  std::uint64_t ino = 0;
+  StatKey key;
   std::uint32_t mode = 0;
   bool environment = false;
   friend bool operator==(const Stamp&, const Stamp&) = default;
@@ -419,12 +417,7 @@ struct ChangeWatcher::Impl {
   void stamp(const std::string& path, bool environment) {
     struct stat st {};
     if (scan_into == nullptr || ::lstat(path.c_str(), &st) != 0) return;
-    (*scan_into)[path] = Stamp{st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec,
-                               st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec,
-                               static_cast<std::uint64_t>(st.st_size),
-                               st.st_ino,
-                               st.st_mode,
-                               environment};
+    (*scan_into)[path] = Stamp{stat_key(st), st.st_mode, environment};
   }
 
   // Stats everything in scope and records what differs from the previous scan.
