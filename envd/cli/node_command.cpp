@@ -18,9 +18,11 @@
 #include "envd/cli/progress.hpp"
 #include "envd/cli/user_config.hpp"
 #include "envd/node/image_puller.hpp"
+#include "envd/node/overlay_mount.hpp"
 #include "envd/node/process.hpp"
 #include "envd/node/sandbox.hpp"
 #include "envd/util/atomic_file.hpp"
+#include "envd/util/log.hpp"
 
 namespace envd::cli {
 namespace {
@@ -34,6 +36,7 @@ struct NodeArgs {
   std::string token_file;
   std::string creds;
   unsigned parallel = 4;
+  std::string assembly = "auto";  // pull: "hardlink"
   // run
   std::vector<std::string> command;
   std::string isolation = "auto";
@@ -181,10 +184,18 @@ struct Node {
   std::unique_ptr<node::ImagePuller> puller;
 };
 
+// Call first: with --assembly auto the process moves into a mount namespace of its own, where the
+// overlays of environments are mounted, which a process running threads cannot.
 Result<Node> open_node(const NodeArgs& a, const std::string& reference) {
   Node n;
-  ENVD_TRY(n.store, node::NodeStore::open(data_dir(a)));
   node::PullerOptions o;
+  ENVD_TRY(o.assembly, node::parse_assembly(a.assembly));
+  if (o.assembly == node::Assembly::automatic) {
+    if (auto entered = node::enter_private_mount_namespace(); !entered)
+      log::info("node", "environments are assembled by hardlinks",
+                {{"error", entered.error().message()}});
+  }
+  ENVD_TRY(n.store, node::NodeStore::open(data_dir(a)));
   ENVD_TRY(o.client, client_options(a, reference));
   o.local_source = local_source_factory();
   ENVD_TRY(n.puller, node::ImagePuller::create(*n.store, std::move(o)));
@@ -216,6 +227,7 @@ int run_pull(const NodeArgs& a) {
                         {"layers_fetched", pulled->layers_fetched},
                         {"bytes_fetched", pulled->bytes_fetched},
                         {"path", pulled->rootfs.string()},
+                        {"assembly", node::to_string(pulled->assembly)},
                         {"seconds", pulled->seconds}};
     std::cout << j.dump() << std::endl;
     return 0;
@@ -226,7 +238,8 @@ int run_pull(const NodeArgs& a) {
             << "  manifest " << pulled->manifest_digest.str() << "\n"
             << "  " << pulled->layers.size() << " layers (" << pulled->layers_fetched
             << " fetched, " << human_bytes(pulled->bytes_fetched) << ") in " << secs << " s\n"
-            << "  environment " << pulled->rootfs.string() << "\n";
+            << "  environment " << pulled->rootfs.string() << " ("
+            << node::to_string(pulled->assembly) << ")\n";
   return 0;
 }
 
@@ -272,14 +285,16 @@ int run_ls(const NodeArgs& a) {
   if (a.json) {
     nlohmann::json list = nlohmann::json::array();
     for (const auto& img : *images)
-      list.push_back({{"references", img.references},
-                      {"manifest_digest", img.manifest_digest.str()},
-                      {"size", img.size_bytes},
-                      {"layers", img.layers.size()},
-                      {"pulled_at", utc_text(img.pulled_at)},
-                      {"last_used", utc_text(img.last_used)},
-                      {"in_use", img.in_use},
-                      {"path", (*store)->rootfs_dir(img.manifest_digest).string()}});
+      list.push_back(
+          {{"references", img.references},
+           {"manifest_digest", img.manifest_digest.str()},
+           {"size", img.size_bytes},
+           {"layers", img.layers.size()},
+           {"pulled_at", utc_text(img.pulled_at)},
+           {"last_used", utc_text(img.last_used)},
+           {"in_use", img.in_use},
+           {"path", (*store)->rootfs_dir(img.manifest_digest).string()},
+           {"assembly", node::to_string(node::assembly_kind(**store, img.manifest_digest))}});
     std::cout << nlohmann::json{{"images", list}, {"bytes", *usage}}.dump() << std::endl;
     return 0;
   }
@@ -344,6 +359,16 @@ void add_data_option(CLI::App* cmd, NodeArgs& a) {
   cmd->add_option("--data", a.data, "Node data directory; default: $ENVD_HOME/node");
 }
 
+void add_assembly_option(CLI::App* cmd, NodeArgs& a) {
+  cmd->add_option("--assembly", a.assembly,
+                  "auto: show the environment as an overlay mount of its layers where this "
+                  "process may make one (in a mount namespace of its own, seen only by envd and "
+                  "the commands it runs), else a tree of hardlinks; hardlink: always the tree, "
+                  "which every process sees at the environment's path")
+      ->check(CLI::IsMember({"auto", "hardlink"}))
+      ->capture_default_str();
+}
+
 void add_registry_options(CLI::App* cmd, NodeArgs& a) {
   cmd->add_option("--token-file", a.token_file,
                   "File holding a bearer token for the registry (an envd builder token); "
@@ -367,6 +392,9 @@ CLI::App* add_node_command(CLI::App& app, int& exit_code) {
       ->required();
   add_data_option(pull, *pull_args);
   add_registry_options(pull, *pull_args);
+  // The "path" printed holds the files for any process to read (DESIGN.md §5).
+  pull_args->assembly = "hardlink";
+  add_assembly_option(pull, *pull_args);
   pull->add_flag("--json", pull_args->json, "Print one JSON object with the result on stdout");
   pull->footer(
       "Resumes an interrupted download where it stopped. Exit codes: 0 pulled, 1 failed, "
@@ -379,6 +407,7 @@ CLI::App* add_node_command(CLI::App& app, int& exit_code) {
   run->add_option("CMD", run_args->command, "The command and its arguments, after --")->required();
   add_data_option(run, *run_args);
   add_registry_options(run, *run_args);
+  add_assembly_option(run, *run_args);
   run->add_option("--isolation", run_args->isolation,
                   "auto: bubblewrap when usable, else relocation; bwrap; none (relocate)")
       ->check(CLI::IsMember({"auto", "bwrap", "none"}));

@@ -13,6 +13,7 @@
 #include "envd/cli/stop_signals.hpp"
 #include "envd/node/node_config.hpp"
 #include "envd/node/node_daemon.hpp"
+#include "envd/node/overlay_mount.hpp"
 #include "envd/util/listen_address.hpp"
 #include "envd/util/log.hpp"
 
@@ -101,6 +102,14 @@ int run_serve(const ServeArgs& args) {
     config.data_dir = fs::absolute(args.data).lexically_normal();
   else if (config.data_dir.empty())
     config.data_dir = envd_home() / "node";
+
+  // Before any thread exists: overlay mounts of environments live in a mount namespace of the
+  // daemon's own, which its workers inherit.
+  if (config.assembly == node::Assembly::automatic) {
+    if (auto entered = node::enter_private_mount_namespace(); !entered)
+      log::info("node", "environments are assembled by hardlinks",
+                {{"error", entered.error().message()}});
+  }
 
   std::string host = config.listen_host;
   node::NodeDaemonOptions options;

@@ -1,6 +1,7 @@
 // ImagePuller: reference -> manifest (platform chosen from an index) -> verified config -> layers
 // fetched in parallel, each teed into a resumable ingest file and a streaming unpacker -> rootfs
-// assembled by hardlinks -> image recorded. Per-digest locks make concurrent pulls share work.
+// assembled by hardlinks, or recorded as an overlay of the layers -> image recorded. Per-digest
+// locks make concurrent pulls share work.
 #include "envd/node/image_puller.hpp"
 
 #include <algorithm>
@@ -297,7 +298,7 @@ struct ImagePuller::Impl {
         return fetched.error();
       }
       ENVD_TRY(auto stats, unpacker->finish());
-      ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries));
+      ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries, stats.whiteouts));
       ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id), durability));
       return LayerOutcome{true, fetched->bytes_fetched};
     }
@@ -323,7 +324,7 @@ struct ImagePuller::Impl {
     ENVD_TRY(auto staging, store.make_staging("layer"));
     ENVD_TRY(auto stats, unpack_layer_file(*blobs.path_of(layer.blob.digest), staging.path(),
                                            compression, layer.diff_id, options.limits, "unpack"));
-    ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries));
+    ENVD_TRY_VOID(store.record_layer(layer.diff_id, stats.bytes, stats.entries, stats.whiteouts));
     ENVD_TRY_VOID(store.commit_staging(staging, store.layer_dir(layer.diff_id), durability));
     return LayerOutcome{};
   }
@@ -412,11 +413,33 @@ struct ImagePuller::Impl {
         record.active() ? NodeStore::Durability::deferred : NodeStore::Durability::durable;
 
     ENVD_TRY(auto staging, store.make_staging("env"));
-    ENVD_TRY(auto assembly, RootfsAssembly::start(staging.path() / "rootfs"));
-    ENVD_TRY(auto got,
-             pull_layers(origin, layers, image, durability, progress, fetched_count, &assembly));
-    auto stats = assembly.finish();
-    if (!stats) return stats.error().with_context("assemble environment");
+    const std::filesystem::path rootfs = staging.path() / "rootfs";
+    // An overlay needs nothing assembled, but whether the layers allow one is only known once they
+    // are unpacked: a tree is assembled after them when they do not.
+    const bool overlay = options.assembly == Assembly::automatic && layers.size() >= 2 &&
+                         overlay_usable(store).has_value();
+    std::optional<RootfsAssembly> assembly;
+    if (!overlay) {
+      ENVD_TRY(auto started, RootfsAssembly::start(rootfs));
+      assembly.emplace(std::move(started));
+    }
+    ENVD_TRY(auto got, pull_layers(origin, layers, image, durability, progress, fetched_count,
+                                   assembly ? &*assembly : nullptr));
+    std::vector<oci::Digest> diff_ids;
+    for (const auto& l : layers) diff_ids.push_back(l.diff_id);
+    bool fits = false;
+    if (overlay) {
+      ENVD_TRY(bool allowed, overlay_fits(store, diff_ids));
+      fits = allowed;
+    }
+    if (fits) {
+      ENVD_TRY_VOID(write_overlay_env(store, staging.path(), diff_ids));
+    } else {
+      std::vector<std::filesystem::path> dirs;
+      for (const auto& d : diff_ids) dirs.push_back(store.layer_dir(d));
+      auto stats = assembly ? assembly->finish() : assemble_rootfs(dirs, rootfs);
+      if (!stats) return stats.error().with_context("assemble environment");
+    }
     ENVD_TRY_VOID(write_file_atomic(staging.path() / "image.json", config_json));
     if (durability == NodeStore::Durability::durable)
       ENVD_TRY_VOID(fsync_directory(staging.path()));
@@ -427,11 +450,13 @@ struct ImagePuller::Impl {
 
   Result<PulledImage> to_pulled(const ImageRecord& rec, const std::string& reference) {
     ENVD_TRY(auto config, oci::parse_config(rec.config_json));
+    ENVD_TRY(auto kind, ensure_rootfs(store, rec.manifest_digest, options.assembly));
     return PulledImage{reference,
                        rec.manifest_digest,
                        std::move(config),
                        store.env_dir(rec.manifest_digest),
                        store.rootfs_dir(rec.manifest_digest),
+                       kind,
                        rec.layers,
                        0,
                        0,
@@ -489,11 +514,13 @@ struct ImagePuller::Impl {
                        .size_bytes = 0,
                        .in_use = false};
     ENVD_TRY_VOID(store.record_image(record, canonical));
+    ENVD_TRY(auto kind, ensure_rootfs(store, manifest.digest, options.assembly));
     PulledImage out{canonical,
                     manifest.digest,
                     std::move(*config),
                     store.env_dir(manifest.digest),
                     store.rootfs_dir(manifest.digest),
+                    kind,
                     std::move(layers),
                     fetched_count,
                     bytes,

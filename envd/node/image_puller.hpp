@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "envd/node/env_assembly.hpp"
 #include "envd/node/layer_unpacker.hpp"
 #include "envd/node/node_store.hpp"
 #include "envd/oci/digest.hpp"
@@ -40,6 +41,11 @@ struct PullerOptions {
   // (amd64, arm64, ...).
   std::string os = "linux";
   std::string architecture;
+  // automatic: an environment whose layers allow it is an overlay of them (nothing assembled at
+  // pull time) when this process can mount one (enter_private_mount_namespace() first), else a
+  // tree of hardlinks; pull() and ensure() mount it. hardlink: a tree, also for an environment an
+  // earlier pull left as an overlay (built then).
+  Assembly assembly = Assembly::automatic;
 };
 
 // Counters a progress display reads while pull() runs (any thread).
@@ -55,7 +61,10 @@ struct PulledImage {
   oci::Digest manifest_digest;
   oci::ImageConfig config;  // Env, WorkingDir, Cmd, labels, diff_ids
   std::filesystem::path env_dir;
-  std::filesystem::path rootfs;
+  std::filesystem::path rootfs;  // holds the image's files in this process (see assembly)
+  // overlay: rootfs is a mount point, mounted in this process's private mount namespace (seen by
+  // the processes it starts, not by others); hardlink: a tree every process sees.
+  AssemblyKind assembly = AssemblyKind::hardlink;
   std::vector<LayerRecord> layers;
   std::size_t layers_fetched = 0;   // downloaded by this call (not found in the store)
   std::uint64_t bytes_fetched = 0;  // manifest, config and layer bytes downloaded by this call
@@ -80,7 +89,8 @@ class ImagePuller {
   NodeStore& store();
 
   // Resolves `reference` (always asking the registry or local store: a tag may have moved),
-  // fetches what the store lacks, unpacks it, assembles the environment, records the image.
+  // fetches what the store lacks, unpacks it, assembles the environment (ensure_rootfs: mounted
+  // or built as PullerOptions::assembly says), records the image.
   // When everything is present it only costs the manifest request.
   Result<PulledImage> pull(const std::string& reference, PullProgress* progress = nullptr);
 

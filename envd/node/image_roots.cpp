@@ -285,7 +285,11 @@ Result<ImageRoots> read_roots_record(const std::filesystem::path& file) {
 }
 
 Result<bool> write_roots_record(const std::filesystem::path& rootfs) {
-  const auto snapshot = rootfs / k_snapshot_in_image;
+  return write_roots_record(rootfs / k_snapshot_in_image, roots_record_path(rootfs));
+}
+
+Result<bool> write_roots_record(const std::filesystem::path& snapshot,
+                                const std::filesystem::path& record) {
   struct stat st {};
   if (::lstat(snapshot.c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) return false;  // not an envd image
@@ -295,13 +299,12 @@ Result<bool> write_roots_record(const std::filesystem::path& rootfs) {
   if (!roots) {
     if (roots.error().code() != ErrorCode::invalid_argument) return unexpected(roots.error());
     log::warn("node", "image roots not recorded: the snapshot is refused",
-              {{"rootfs", rootfs.string()}, {"error", roots.error().message()}});
+              {{"snapshot", snapshot.string()}, {"error", roots.error().message()}});
     return false;
   }
   // Not synced: the record is as durable as the rootfs beside it, whose directory the caller
   // commits (renamed into place whole, synced or under a deferred-sync record). A record cut
   // short by a crash anyway would be refused by a launch, which reads the snapshot instead.
-  const auto record = roots_record_path(rootfs);
   const std::string text = roots_record_text(*roots);
   UniqueFd fd(::open(record.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
   if (!fd.valid()) return unexpected(Error::from_errno("create " + record.string(), errno));

@@ -65,6 +65,11 @@ Result<ImageRoots> read_roots_record(const std::filesystem::path& file);
 // the snapshot and reports the problem then). Errors: io writing the record.
 Result<bool> write_roots_record(const std::filesystem::path& rootfs);
 
+// The same from the snapshot document `snapshot` (not necessarily inside a rootfs: an overlay
+// environment's is in one of its layers) into the record file `record`.
+Result<bool> write_roots_record(const std::filesystem::path& snapshot,
+                                const std::filesystem::path& record);
+
 // The roots of the envd image assembled at `rootfs`: from its record, else (none: assembled by an
 // older envd; or one that cannot be used, which is logged as a warning) from its snapshot.
 // Errors: those of read_image_roots.

@@ -323,6 +323,11 @@ Result<NodeConfig> read_config(const Reader& r, const YAML::Node& root) {
             c.isolation = Isolation::none;
           else
             return r.error(v, full, "must be auto, bwrap or none");
+        } else if (key == "assembly") {
+          ENVD_TRY(auto s, r.string(v, full));
+          auto a = parse_assembly(s);
+          if (!a) return r.error(v, full, "must be auto or hardlink");
+          c.assembly = *a;
         } else if (key == "listen") {
           ENVD_TRY(auto s, r.string(v, full));
           auto hp = parse_listen_address(s);

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "envd/node/env_assembly.hpp"
 #include "envd/node/sandbox.hpp"
 #include "envd/node/supervisor.hpp"
 #include "envd/registry/reference.hpp"
@@ -52,7 +53,8 @@ struct NodeConfig {
   std::chrono::seconds cache_grace{600};     // content this recent is never evicted
   std::chrono::milliseconds gc_interval{300000};
   Isolation isolation = Isolation::automatic;
-  std::string listen_host = "127.0.0.1";  // status endpoint
+  Assembly assembly = Assembly::automatic;  // overlay mounts where permitted (env_assembly.hpp)
+  std::string listen_host = "127.0.0.1";    // status endpoint
   int listen_port = 5001;
   std::chrono::milliseconds poll_interval{30000};  // tag polling for non-envd registries
   unsigned parallel_downloads = 4;

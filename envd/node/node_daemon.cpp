@@ -519,6 +519,7 @@ Result<std::unique_ptr<NodeDaemon>> NodeDaemon::start(NodeDaemonOptions options)
   PullerOptions puller_options;
   puller_options.client = d->client_options();
   puller_options.local_source = d->options.local_source;
+  puller_options.assembly = d->config.assembly;
   ENVD_TRY(d->puller, ImagePuller::create(*d->store, std::move(puller_options)));
 
   SupervisorOptions sup;

@@ -50,9 +50,12 @@ CREATE TABLE IF NOT EXISTS refs(
 CREATE TABLE IF NOT EXISTS layers(
   diff_id TEXT PRIMARY KEY,
   bytes INTEGER NOT NULL,
-  entries INTEGER NOT NULL
+  entries INTEGER NOT NULL,
+  whiteouts INTEGER
 ) WITHOUT ROWID;
 )sql";
+// Stores made before layers had a whiteouts column get it (NULL: unknown).
+constexpr const char* k_add_whiteouts = "ALTER TABLE layers ADD COLUMN whiteouts INTEGER";
 
 int flock_retry(int fd, int op) {
   for (;;) {
@@ -240,6 +243,12 @@ Result<std::unique_ptr<NodeStore>> NodeStore::open(const fs::path& dir, NodeStor
   sqlite3_db_config(impl->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   ENVD_TRY_VOID(impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", what));
   ENVD_TRY_VOID(impl->exec(k_schema, what));
+  if (!Stmt(impl->db, "SELECT whiteouts FROM layers LIMIT 0").ok()) {
+    auto added = impl->exec(k_add_whiteouts, what);
+    // Another process may have added it meanwhile.
+    if (!added && added.error().message().find("duplicate column") == std::string::npos)
+      return added.error();
+  }
   return std::unique_ptr<NodeStore>(new NodeStore(std::move(impl)));
 }
 
@@ -337,13 +346,28 @@ Result<FileLock> NodeStore::lock_pulls_shared() {
 }
 
 Result<void> NodeStore::record_layer(const oci::Digest& diff_id, std::uint64_t bytes,
-                                     std::uint64_t entries) {
+                                     std::uint64_t entries, std::uint64_t whiteouts) {
   std::lock_guard guard(m_impl->db_mutex);
-  Stmt q(m_impl->db, "INSERT OR REPLACE INTO layers(diff_id, bytes, entries) VALUES(?1, ?2, ?3)");
+  Stmt q(m_impl->db,
+         "INSERT OR REPLACE INTO layers(diff_id, bytes, entries, whiteouts) "
+         "VALUES(?1, ?2, ?3, ?4)");
   q.bind(1, diff_id.view())
       .bind(2, static_cast<std::int64_t>(bytes))
-      .bind(3, static_cast<std::int64_t>(entries));
+      .bind(3, static_cast<std::int64_t>(entries))
+      .bind(4, static_cast<std::int64_t>(whiteouts));
   return q.run("record layer " + diff_id.str());
+}
+
+Result<std::optional<std::uint64_t>> NodeStore::layer_whiteouts(const oci::Digest& diff_id) {
+  std::lock_guard guard(m_impl->db_mutex);
+  Stmt q(m_impl->db, "SELECT whiteouts FROM layers WHERE diff_id = ?1");
+  q.bind(1, diff_id.view());
+  int rc = q.step();
+  if (rc == SQLITE_DONE) return std::optional<std::uint64_t>();
+  if (rc != SQLITE_ROW)
+    return Error(ErrorCode::io, "read layer " + diff_id.str() + ": " + sqlite3_errmsg(m_impl->db));
+  if (q.is_null(0)) return std::optional<std::uint64_t>();
+  return std::optional<std::uint64_t>(static_cast<std::uint64_t>(q.int64(0)));
 }
 
 Result<void> NodeStore::record_image(const ImageRecord& image, const std::string& reference) {

@@ -191,8 +191,13 @@ class NodeStore {
   // what a pull is still assembling. Blocks. Errors: io.
   Result<FileLock> lock_pulls_shared();
 
-  // Records an unpacked layer's size (for quota accounting). Errors: io.
-  Result<void> record_layer(const oci::Digest& diff_id, std::uint64_t bytes, std::uint64_t entries);
+  // Records an unpacked layer's size (for quota accounting) and how many whiteout and opaque
+  // markers it holds (a layer without any can be an overlay mount's lower layer). Errors: io.
+  Result<void> record_layer(const oci::Digest& diff_id, std::uint64_t bytes, std::uint64_t entries,
+                            std::uint64_t whiteouts);
+  // The markers recorded for a layer; nullopt when unknown (no record, or one written before
+  // they were counted). Errors: io.
+  Result<std::optional<std::uint64_t>> layer_whiteouts(const oci::Digest& diff_id);
   // Records (or refreshes) an image whose environment is in place, and points `reference` (a
   // canonical reference text; may be empty) at it. pulled_at and last_used become now().
   // Errors: io.

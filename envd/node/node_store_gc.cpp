@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "envd/node/node_store_internal.hpp"
+#include "envd/node/overlay_mount.hpp"
 #include "envd/util/atomic_file.hpp"
 
 namespace envd::node {
@@ -115,6 +116,7 @@ Result<GcResult> NodeStore::gc(const GcOptions& options) {
   for (std::size_t i = 0; i < images.size(); ++i) {
     const auto& img = images[i];
     if (!kept[i]) {
+      detach_mount(rootfs_dir(img.manifest_digest));  // an overlay this process mounted
       ENVD_TRY_VOID(impl.retire(env_dir(img.manifest_digest)));
       std::lock_guard guard(impl.db_mutex);
       Stmt d1(impl.db, "DELETE FROM images WHERE manifest = ?1");
@@ -143,6 +145,7 @@ Result<GcResult> NodeStore::gc(const GcOptions& options) {
     auto lock = acquire_lock(impl.use_lock_path(*d), LOCK_EX | LOCK_NB);
     if (!lock) return fail(lock.error());
     if (!lock->held()) continue;
+    detach_mount(rootfs_dir(*d));
     ENVD_TRY_VOID(impl.retire(env_dir(*d)));
     ++result.envs_removed;
   }

@@ -48,6 +48,7 @@ class SqliteStatement {
                         : std::string();
   }
   std::int64_t int64(int col) const { return sqlite3_column_int64(m_stmt, col); }
+  bool is_null(int col) const { return sqlite3_column_type(m_stmt, col) == SQLITE_NULL; }
 
  private:
   sqlite3* m_db;

@@ -202,6 +202,108 @@ TEST_CASE("envd node pull and run an image envd push built: local store and envd
   CHECK(no_cmd.exit_code == 2);
 }
 
+// True for an existing directory without entries.
+bool is_empty_dir(const fs::path& path) {
+  return fs::is_directory(path) && fs::directory_iterator(path) == fs::directory_iterator();
+}
+
+TEST_CASE("node run shows an environment by overlay mount, seen only by envd and its commands") {
+  ScratchDir dir;
+  fs::permissions(dir.path(), fs::perms(0755));  // for the rootless run below
+  fs::path prefix = dir / "env";
+  make_prefix(prefix);
+  const Env env = {{"ENVD_HOME", (dir / "home").string()}};
+  auto push = envd(
+      {"push", "--prefix", prefix.string(), "--no-src", "--name", "team/env:v1", "--json"}, env);
+  INFO("push stderr: " << push.err);
+  REQUIRE(push.exit_code == 0);
+  REQUIRE(last_json_line(push.out)["layers"].get<int>() >= 2);
+  write_file(prefix / "lib/python3.11/os.py", "# the host's\n");
+  const std::string os_py = (prefix / "lib/python3.11/os.py").string();
+
+  // `node run` pulls by itself (--assembly auto): the environment is an overlay of the layers,
+  // nothing assembled; on the host its rootfs is an empty mount point.
+  auto run = envd({"node", "run", "team/env:v1", "--", "cat", os_py}, env);
+  INFO("run stderr: " << run.err);
+  CHECK(run.exit_code == 0);
+  CHECK(run.out == "# os\n");
+  auto listed = last_json_line(envd({"node", "ls", "--json"}, env).out);
+  REQUIRE(listed["images"].size() == 1);
+  CHECK(listed["images"][0]["assembly"] == "overlay");
+  const fs::path rootfs = listed["images"][0]["path"].get<std::string>();
+  CHECK(is_empty_dir(rootfs));
+  CHECK(fs::exists(rootfs.parent_path() / "overlay.json"));
+  CHECK(fs::exists(rootfs.string() + ".roots.json"));  // read from the layer holding the snapshot
+  auto again = pull_json({"team/env:v1", "--assembly", "auto"}, env);
+  CHECK(again["assembly"] == "overlay");
+  CHECK(again["layers_fetched"] == 0);
+
+  // Relocation (isolation none) reads the files through the mount too.
+  auto relocated = envd({"node", "run", "team/env:v1", "--isolation", "none", "--",
+                         (prefix / "bin/python3").string(), "x"},
+                        env);
+  INFO("relocated run stderr: " << relocated.err);
+  CHECK(relocated.exit_code == 0);
+  CHECK(relocated.out == "python from the image, args: x\n");
+
+  // Rootless: nobody's envd makes its own user namespace for the mount (bubblewrap then makes
+  // one inside it), pulling from `envd builder serve` into a data dir of its own.
+  envd::test::Serve serve({"--listen", "127.0.0.1:0", "--data", (dir / "home/builder").string()},
+                          env, dir / "serve.log");
+  const std::string remote = "127.0.0.1:" + std::to_string(serve.port()) + "/team/env:v1";
+  fs::create_directories(dir / "nobody");
+  REQUIRE(run_command({"chown", "nobody:nogroup", (dir / "nobody").string()}).exit_code == 0);
+  auto rootless = run_command(
+      {"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+       envd::test::envd_binary(), "node", "run", remote, "--", "sh", "-c", "id -u; cat " + os_py},
+      {{"ENVD_HOME", (dir / "nobody").string()}});
+  INFO("rootless run stderr: " << rootless.err);
+  CHECK(rootless.exit_code == 0);
+  CHECK(rootless.out == "65534\n# os\n");
+  auto nobody_ls = last_json_line(
+      envd({"node", "ls", "--json", "--data", (dir / "nobody/node").string()}, env).out);
+  REQUIRE(nobody_ls["images"].size() == 1);
+  CHECK(nobody_ls["images"][0]["assembly"] == "overlay");
+
+  // `node pull` promises a path holding the files (DESIGN.md §5): it builds the tree of the
+  // overlay environment, which every later run uses.
+  auto tree = pull_json({"team/env:v1"}, env);
+  CHECK(tree["assembly"] == "hardlink");
+  CHECK(fs::path(tree["path"].get<std::string>()) == rootfs);
+  CHECK(read_file(rootfs / prefix.relative_path() / "lib/python3.11/os.py") == "# os\n");
+  auto tree_run = envd({"node", "run", "team/env:v1", "--", "cat", os_py}, env);
+  CHECK(tree_run.out == "# os\n");
+  CHECK(last_json_line(envd({"node", "ls", "--json"}, env).out)["images"][0]["assembly"] ==
+        "hardlink");
+
+  // gc evicts an overlay environment like any other.
+  auto fresh = dir / "fresh";
+  auto overlay_run =
+      envd({"node", "run", "team/env:v1", "--data", fresh.string(), "--", "cat", os_py}, env);
+  CHECK(overlay_run.out == "# os\n");
+  auto gc =
+      envd({"node", "gc", "--data", fresh.string(), "--quota", "0", "--grace", "0", "--json"}, env);
+  INFO("gc stderr: " << gc.err);
+  REQUIRE(gc.exit_code == 0);
+  CHECK(last_json_line(gc.out)["envs_removed"] == 1);
+  CHECK(fs::is_empty(fresh / "envs"));
+  CHECK(fs::is_empty(fresh / "layers"));
+
+  // --assembly hardlink on the run: a tree from the start, never a mount.
+  auto hard = dir / "hard";
+  auto hard_run = envd({"node", "run", "team/env:v1", "--data", hard.string(), "--assembly",
+                        "hardlink", "--", "cat", os_py},
+                       env);
+  CHECK(hard_run.out == "# os\n");
+  auto hard_ls = last_json_line(envd({"node", "ls", "--json", "--data", hard.string()}, env).out);
+  CHECK(hard_ls["images"][0]["assembly"] == "hardlink");
+  CHECK(!fs::exists(hard / "envs" /
+                    hard_ls["images"][0]["manifest_digest"].get<std::string>().substr(7) /
+                    "overlay.json"));
+  auto bad = envd({"node", "run", "team/env:v1", "--assembly", "overlayfs", "--", "true"}, env);
+  CHECK(bad.exit_code == 2);
+}
+
 // An OCI image layout holding busybox-static as a rootfs, with a second layer that whites out
 // /etc/remove-me, tagged "1".
 void write_busybox_layout(const fs::path& layout) {
@@ -272,6 +374,8 @@ TEST_CASE("interop: busybox pushed by skopeo into docker-registry runs; the whit
   CHECK(image["references"] == json::array({ref}));
   CHECK(image["in_use"] == false);
   CHECK(image["size"].get<std::uint64_t>() > 1000000);  // busybox is in it
+  // Its second layer holds a whiteout, which an overlay of the layers would show as a file.
+  CHECK(image["assembly"] == "hardlink");
   std::string digest = image["manifest_digest"];
 
   EnvdProcess sleeper({"node", "run", ref, "--", "/bin/busybox", "sleep", "60"}, env,

@@ -334,6 +334,13 @@ TEST_CASE(
   auto stored = node.get("/v1/images")["stored"][0];
   CHECK(stored["manifest_digest"] == v2);
   CHECK(stored["in_use"] == true);
+  // The workers ran from an overlay of the layers, mounted in the daemon's own namespace: on the
+  // host the environment's rootfs is an empty mount point; the evicted one's mount went with it.
+  const fs::path env_dir = s.dir / "node/envs" / v2.substr(std::string("sha256:").size());
+  CHECK(fs::exists(env_dir / "overlay.json"));
+  CHECK(fs::is_directory(env_dir / "rootfs"));
+  CHECK(fs::is_empty(env_dir / "rootfs"));
+  CHECK(!fs::exists(s.dir / "node/envs" / v1.substr(std::string("sha256:").size())));
   auto m = node.metrics();
   CHECK(metric(m, "envd_node_cache_quota_bytes") == "1");
   CHECK(metric(m, "envd_node_tag_moves_total") == "1");

@@ -55,6 +55,7 @@ TEST_CASE("node config: the example parses into the documented values") {
   CHECK(c->cache_grace == 600s);
   CHECK(c->gc_interval == 5min);
   CHECK(c->isolation == Isolation::automatic);
+  CHECK(c->assembly == Assembly::automatic);
   CHECK(c->listen_host == "127.0.0.1");
   CHECK(c->listen_port == 5001);
   CHECK(c->poll_interval == 30s);
@@ -87,6 +88,10 @@ TEST_CASE("node config: an empty file and a minimal worker get the defaults") {
   CHECK(empty->listen_port == 5001);
   CHECK_FALSE(empty->cache_quota.has_value());
   CHECK(empty->workers.empty());
+  CHECK(empty->assembly == Assembly::automatic);
+  auto hardlink = parse_yaml("assembly: hardlink\n");
+  REQUIRE_MESSAGE(hardlink.has_value(), why(hardlink));
+  CHECK(hardlink->assembly == Assembly::hardlink);
   auto c = parse_yaml(k_worker + "data_dir: node-data\n", "/srv/cfg");
   REQUIRE_MESSAGE(c.has_value(), why(c));
   CHECK(c->data_dir == "/srv/cfg/node-data");
@@ -118,6 +123,7 @@ TEST_CASE("node config: every bad input names the file, line and key") {
            Case{"data_dir: /a\ndata_dir: /b\n", "node.yaml:2: data_dir: duplicate key"},
            Case{"listen: [1, 2\n", "node.yaml:2: end of sequence flow not found"},
            Case{"isolation: docker\n", "node.yaml:1: isolation: must be auto, bwrap or none"},
+           Case{"assembly: overlay\n", "node.yaml:1: assembly: must be auto or hardlink"},
            Case{"listen: localhost\n",
                 "node.yaml:1: listen: listen address \"localhost\": expected HOST:PORT"},
            Case{"listen: '127.0.0.1:70000'\n",

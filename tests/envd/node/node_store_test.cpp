@@ -3,9 +3,11 @@
 #include "envd/node/node_store.hpp"
 
 #include <doctest/doctest.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <atomic>
+#include <latch>
 #include <thread>
 
 #include "support/scratch_dir.hpp"
@@ -57,7 +59,7 @@ ImageRecord add_image(NodeStore& s, const std::string& reference,
       auto staging = s.make_staging("layer");
       REQUIRE(staging);
       test::write_file(staging->path() / name, std::string(layer_bytes, 'x'));
-      REQUIRE(s.record_layer(diff_id, layer_bytes, 1));
+      REQUIRE(s.record_layer(diff_id, layer_bytes, 1, 0));
       REQUIRE(s.commit_staging(*staging, s.layer_dir(diff_id)));
     }
   }
@@ -400,6 +402,155 @@ TEST_CASE("per-digest locks exclude each other across threads") {
   }
   for (auto& t : threads) t.join();
   CHECK(max_inside.load() == 1);
+}
+
+TEST_CASE("record_layer keeps whiteout counts; a layer without a record has none") {
+  ScratchDir scratch;
+  auto a = digest_of("layer a"), b = digest_of("layer b");
+  {
+    auto s = open_store(scratch / "node");
+    REQUIRE(s->record_layer(a, 100, 10, 0));
+    REQUIRE(s->record_layer(b, 200, 20, 3));
+    CHECK(*s->layer_whiteouts(a) == std::optional<std::uint64_t>(0));
+    CHECK(*s->layer_whiteouts(b) == std::optional<std::uint64_t>(3));
+    auto unknown = s->layer_whiteouts(digest_of("never recorded"));
+    REQUIRE(unknown);
+    CHECK_FALSE(unknown->has_value());
+    REQUIRE(s->record_layer(b, 200, 20, 7));  // recorded again (a re-unpack): replaced
+    CHECK(*s->layer_whiteouts(b) == std::optional<std::uint64_t>(7));
+  }
+  auto s = open_store(scratch / "node");  // and kept across reopening
+  CHECK(*s->layer_whiteouts(a) == std::optional<std::uint64_t>(0));
+  CHECK(*s->layer_whiteouts(b) == std::optional<std::uint64_t>(7));
+}
+
+// ---- stores made before layers had a whiteouts column ----
+
+// A raw connection to a state database, for setting one up as an older envd left it and for
+// looking at what open() made of it.
+struct RawDb {
+  sqlite3* db = nullptr;
+  explicit RawDb(const fs::path& path) {
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+  }
+  ~RawDb() { sqlite3_close(db); }
+  void exec(const char* sql) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+    std::string msg = err != nullptr ? err : "";
+    sqlite3_free(err);
+    REQUIRE_MESSAGE(rc == SQLITE_OK, sql << ": " << msg);
+  }
+  // The first column of each row of `sql`, as text ("NULL" for NULL).
+  std::vector<std::string> column(const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    REQUIRE_MESSAGE(sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK,
+                    sql << ": " << sqlite3_errmsg(db));
+    std::vector<std::string> out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      const auto* t = sqlite3_column_text(st, 0);
+      out.push_back(t != nullptr ? reinterpret_cast<const char*>(t) : "NULL");
+    }
+    sqlite3_finalize(st);
+    return out;
+  }
+};
+
+// DIR/state.sqlite as the previous schema made it (WAL, as open() always set), with one layer
+// (`old_layer`: 123 bytes, 4 entries) recorded.
+void make_old_store(const fs::path& dir, const oci::Digest& old_layer) {
+  fs::create_directories(dir);
+  RawDb raw(dir / "state.sqlite");
+  raw.exec("PRAGMA journal_mode=WAL");
+  raw.exec(R"sql(
+CREATE TABLE images(
+  manifest TEXT PRIMARY KEY,
+  media_type TEXT NOT NULL,
+  manifest_size INTEGER NOT NULL,
+  config_digest TEXT NOT NULL,
+  config_media_type TEXT NOT NULL,
+  config_size INTEGER NOT NULL,
+  config_json TEXT NOT NULL,
+  layers TEXT NOT NULL,
+  pulled_at INTEGER NOT NULL,
+  last_used INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE refs(
+  reference TEXT PRIMARY KEY,
+  manifest TEXT NOT NULL,
+  updated INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE layers(diff_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, entries INTEGER NOT NULL)
+  WITHOUT ROWID;
+)sql");
+  std::string insert =
+      "INSERT INTO layers(diff_id, bytes, entries) VALUES('" + old_layer.str() + "', 123, 4)";
+  raw.exec(insert.c_str());
+}
+
+TEST_CASE(
+    "a store from before whiteouts were counted opens: old layers unknown, new ones counted") {
+  ScratchDir scratch;
+  const fs::path dir = scratch / "node";
+  auto old_layer = digest_of("recorded by an older envd");
+  auto new_a = digest_of("new a"), new_b = digest_of("new b");
+  make_old_store(dir, old_layer);
+  {
+    auto s = open_store(dir);
+    auto old_count = s->layer_whiteouts(old_layer);
+    REQUIRE_MESSAGE(old_count, (old_count ? "" : old_count.error().message()));
+    CHECK_FALSE(old_count->has_value());  // NULL: unknown, never taken for 0
+    REQUIRE(s->record_layer(new_a, 10, 1, 0));
+    REQUIRE(s->record_layer(new_b, 20, 2, 3));
+    CHECK(*s->layer_whiteouts(new_a) == std::optional<std::uint64_t>(0));
+    CHECK(*s->layer_whiteouts(new_b) == std::optional<std::uint64_t>(3));
+    // A second instance (as another process would open it) while the first is open: the column
+    // is there already, nothing to add.
+    auto second = open_store(dir);
+    CHECK(*second->layer_whiteouts(new_b) == std::optional<std::uint64_t>(3));
+    CHECK_FALSE(second->layer_whiteouts(old_layer)->has_value());
+  }
+  // Reopened after both closed: still one whiteouts column, the old row's sizes intact.
+  auto s = open_store(dir);
+  CHECK(*s->layer_whiteouts(new_a) == std::optional<std::uint64_t>(0));
+  CHECK_FALSE(s->layer_whiteouts(old_layer)->has_value());
+  REQUIRE(s->record_layer(old_layer, 123, 4, 2));  // unpacked again by this version: counted
+  CHECK(*s->layer_whiteouts(old_layer) == std::optional<std::uint64_t>(2));
+  RawDb raw(dir / "state.sqlite");
+  CHECK(raw.column("SELECT name FROM pragma_table_info('layers') WHERE name = 'whiteouts'") ==
+        std::vector<std::string>{"whiteouts"});
+  std::string sizes =
+      "SELECT bytes || '/' || entries FROM layers WHERE diff_id = '" + old_layer.str() + "'";
+  CHECK(raw.column(sizes.c_str()) == std::vector<std::string>{"123/4"});
+}
+
+TEST_CASE("instances opening an old store at the same moment all succeed") {
+  // Each finds the column missing; one adds it, the others must take "duplicate column" as done.
+  ScratchDir scratch;
+  for (int round = 0; round < 8; ++round) {
+    const fs::path dir = scratch / ("node" + std::to_string(round));
+    auto old_layer = digest_of("old");
+    make_old_store(dir, old_layer);
+    constexpr int k_openers = 4;
+    std::latch start(k_openers);
+    std::vector<std::string> errors(k_openers);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < k_openers; ++i) {
+      threads.emplace_back([&, i] {
+        start.arrive_and_wait();
+        auto s = NodeStore::open(dir);
+        if (!s) {
+          errors[i] = s.error().message();
+          return;
+        }
+        auto w = (*s)->layer_whiteouts(old_layer);
+        if (!w || w->has_value()) errors[i] = "old layer: not unknown";
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& e : errors) CHECK_MESSAGE(e.empty(), "round " << round << ": " << e);
+  }
 }
 
 }  // namespace
