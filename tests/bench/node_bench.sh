@@ -4,7 +4,10 @@
 # `skopeo copy docker://... oci:DIR` + `tar -xf` of each layer (target ratio <= 0.5); (2) pull of
 # a second image differing in one ~100 KB pip package (target: bytes fetched <= new layers +
 # manifest + config); (3) `envd node run REF -- true` on the cached image vs `true` (target
-# <= 50 ms more; `bwrap --ro-bind / / true` for reference).
+# <= 50 ms more; `bwrap --ro-bind / / true` for reference). Each is measured twice: with the
+# environment assembled by hardlinks (`envd node pull`'s default, whose "path" any process reads)
+# and as an overlay mount of the layers (--assembly auto: what `envd node run` and `envd node serve`
+# do where the kernel permits it; the pull then assembles nothing, each run mounts).
 # Usage: tests/bench/node_bench.sh [PREFIX] (default: $(pyenv root)/versions/3.11.7, copied).
 # ENVD_BIN (or ENVD)=path/to/envd picks the binary (default ./build/envd/cli/envd); RUNS=N pull
 # rounds (default 3, medians printed), RUN_REPS=N runs of `true` per variant (default 10).
@@ -101,7 +104,7 @@ settle() {
   fi
 }
 [ -w /proc/sys/vm/drop_caches ] || echo "note: not root, caches not dropped between steps: figures vary more" >&2
-pull_times=() base_times=()
+pull_times=() base_times=() overlay_times=()
 for round in $(seq 1 "$runs"); do
   settle
   t0=$(now)
@@ -109,14 +112,22 @@ for round in $(seq 1 "$runs"); do
     || { cat "$work/pull.err" >&2; exit 1; }
   t1=$(now)
   settle
+  # The same with --assembly auto: an overlay of the layers (what `envd node run` and `envd node
+  # serve` do where the kernel permits the mount), nothing assembled.
+  t4=$(now)
+  overlay_out=$("$envd" node pull "$ref:v1" --assembly auto --data "$work/node-ov.$round" --json 2>"$work/pull.err" | tail -1) \
+    || { cat "$work/pull.err" >&2; exit 1; }
+  t5=$(now)
+  overlay_times+=("$(elapsed "$t4" "$t5")")
+  settle
   t2=$(now)
   skopeo_tar "$round"
   t3=$(now)
   pull_times+=("$(elapsed "$t0" "$t1")")
   base_times+=("$(elapsed "$t2" "$t3")")
 done
-# The last round's node data dir is used from here on.
-node_dir=$work/node.$runs
+# The last round's node data dirs are used from here on.
+node_dir=$work/node.$runs ov_dir=$work/node-ov.$runs
 untar_files=$(find "$work/untar.$runs" \( -type f -o -type l \) | wc -l)
 env_path=$(echo "$pull_out" | json path)
 env_files=$(find "$env_path" \( -type f -o -type l \) | wc -l)
@@ -134,18 +145,24 @@ new = [l for l in m2["layers"] if l["digest"] not in old]
 print(len(new), sum(l["size"] for l in new), os.path.getsize(sys.argv[2]), m2["config"]["size"], len(m2["layers"]))
 EOF
 )
+pull2_ov_out=$("$envd" node pull "$ref:v2" --assembly auto --data "$ov_dir" --json 2>"$work/pull.err" | tail -1) \
+  || { cat "$work/pull.err" >&2; exit 1; }
 fetched2=$(echo "$pull2_out" | json bytes_fetched)
 allowed2=$((new_layer_bytes + manifest_bytes + config_bytes))
 verdict2=$([ "$fetched2" -le "$allowed2" ] && echo pass || echo FAIL)
 
 # 3. `envd node run` on the cached image vs `true` and bwrap, RUN_REPS runs each, interleaved.
 "$envd" node run "$ref:v1" --data "$node_dir" -- "$true_bin" 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
-run_t=() true_t=() bwrap_t=()
+"$envd" node run "$ref:v1" --data "$ov_dir" -- "$true_bin" 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
+run_t=() true_t=() bwrap_t=() run_ov_t=()
 for _ in $(seq 1 "$reps"); do
   t0=$(now); "$true_bin"; t1=$(now); true_t+=("$(elapsed "$t0" "$t1")")
   t0=$(now); bwrap --ro-bind / / "$true_bin"; t1=$(now); bwrap_t+=("$(elapsed "$t0" "$t1")")
   t0=$(now); "$envd" node run "$ref:v1" --data "$node_dir" -- "$true_bin" 2>>"$work/run.err"; t1=$(now)
   run_t+=("$(elapsed "$t0" "$t1")")
+  # The overlay environment: each run mounts it in a namespace of its own.
+  t0=$(now); "$envd" node run "$ref:v1" --data "$ov_dir" -- "$true_bin" 2>>"$work/run.err"; t1=$(now)
+  run_ov_t+=("$(elapsed "$t0" "$t1")")
 done
 
 ms() { echo "$1 * 1000" | bc -l; }
@@ -154,6 +171,8 @@ r() { echo "$1 / $2" | bc -l; }
 pull_med=$(median "${pull_times[@]}") base_med=$(median "${base_times[@]}")
 true_med=$(median "${true_t[@]}") bwrap_med=$(median "${bwrap_t[@]}") run_med=$(median "${run_t[@]}")
 run_over=$(ms "$(echo "$run_med - $true_med" | bc -l)")
+overlay_med=$(median "${overlay_times[@]}") run_ov_med=$(median "${run_ov_t[@]}")
+run_ov_over=$(ms "$(echo "$run_ov_med - $true_med" | bc -l)")
 files=$(find "$prefix" \( -type f -o -type l \) | wc -l)
 mb=$(du -sm "$prefix" | cut -f1)
 printf 'machine: %s, %s cores, %s; load average %s\n' "$(uname -m)" "$(nproc)" \
@@ -164,12 +183,19 @@ printf '%-56s %7.2f s  (rounds: %s; %d files extracted)\n' "skopeo copy + tar -x
 printf '%-56s %7.2f s  ratio %.2f (target <= 0.5; rounds: %s; %d files; %s layers, %s bytes fetched)\n' \
   "envd node pull, cold (pull + verify + unpack + assemble)" "$pull_med" "$(r "$pull_med" "$base_med")" \
   "$(rounds "${pull_times[@]}")" "$env_files" "$(echo "$pull_out" | json layers)" "$(echo "$pull_out" | json bytes_fetched)"
+printf '%-56s %7.2f s  ratio %.2f (rounds: %s; assembly: %s)\n' \
+  "envd node pull --assembly auto, cold (no assembly)" "$overlay_med" "$(r "$overlay_med" "$base_med")" \
+  "$(rounds "${overlay_times[@]}")" "$(echo "$overlay_out" | json assembly)"
 printf '%-56s %7d B  (%s: <= %d B = %d new layer(s) of %d: %d B + manifest %d B + config %d B; package %d B on disk; %s of %s layers fetched; %.2f s)\n' \
   "envd node pull of v2 (one ~100 KB package added)" "$fetched2" "$verdict2" "$allowed2" "$new_layers" "$total_layers" \
   "$new_layer_bytes" "$manifest_bytes" "$config_bytes" "$pkg_bytes" "$(echo "$pull2_out" | json layers_fetched)" \
   "$(echo "$pull2_out" | json layers)" "$(echo "$pull2_out" | json seconds)"
+printf '%-56s %7.2f s  (assembly: %s; hardlink tree: %.2f s)\n' "envd node pull of v2, --assembly auto" \
+  "$(echo "$pull2_ov_out" | json seconds)" "$(echo "$pull2_ov_out" | json assembly)" "$(echo "$pull2_out" | json seconds)"
 printf '%-56s %7.1f ms (median of %d)\n' "$true_bin" "$(ms "$true_med")" "$reps"
 printf '%-56s %7.1f ms (median of %d; +%.1f ms over true)\n' "bwrap --ro-bind / / true" "$(ms "$bwrap_med")" "$reps" \
   "$(ms "$(echo "$bwrap_med - $true_med" | bc -l)")"
 printf '%-56s %7.1f ms (median of %d; +%.1f ms over true, target <= 50 ms: %s)\n' "envd node run REF -- true (cached image)" \
   "$(ms "$run_med")" "$reps" "$run_over" "$(echo "$run_over <= 50" | bc -l | sed 's/1/met/;s/0/missed/')"
+printf '%-56s %7.1f ms (median of %d; +%.1f ms over true, target <= 50 ms: %s)\n' "envd node run REF -- true (cached image, overlay)" \
+  "$(ms "$run_ov_med")" "$reps" "$run_ov_over" "$(echo "$run_ov_over <= 50" | bc -l | sed 's/1/met/;s/0/missed/')"

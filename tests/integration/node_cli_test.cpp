@@ -105,6 +105,15 @@ void make_prefix(const fs::path& prefix) {
   envd::test::write_pip_packages(prefix, "p", 3);
 }
 
+// `envd push` of `prefix` as team/env:v1 into $ENVD_HOME's embedded builder; its JSON.
+json push_prefix(const fs::path& prefix, const Env& env) {
+  auto push = envd(
+      {"push", "--prefix", prefix.string(), "--no-src", "--name", "team/env:v1", "--json"}, env);
+  INFO("push stderr: " << push.err);
+  REQUIRE(push.exit_code == 0);
+  return last_json_line(push.out);
+}
+
 json pull_json(const std::vector<std::string>& args, const Env& env) {
   std::vector<std::string> argv = {"node", "pull"};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -120,11 +129,7 @@ TEST_CASE("envd node pull and run an image envd push built: local store and envd
   fs::path prefix = dir / "env";
   make_prefix(prefix);
   const Env env = {{"ENVD_HOME", (dir / "home").string()}};
-  auto push = envd(
-      {"push", "--prefix", prefix.string(), "--no-src", "--name", "team/env:v1", "--json"}, env);
-  INFO("push stderr: " << push.err);
-  REQUIRE(push.exit_code == 0);
-  auto pushed = last_json_line(push.out);
+  auto pushed = push_prefix(prefix, env);
 
   auto pulled = pull_json({"team/env:v1"}, env);
   CHECK(pulled["image"] == "team/env:v1");
@@ -213,11 +218,7 @@ TEST_CASE("node run shows an environment by overlay mount, seen only by envd and
   fs::path prefix = dir / "env";
   make_prefix(prefix);
   const Env env = {{"ENVD_HOME", (dir / "home").string()}};
-  auto push = envd(
-      {"push", "--prefix", prefix.string(), "--no-src", "--name", "team/env:v1", "--json"}, env);
-  INFO("push stderr: " << push.err);
-  REQUIRE(push.exit_code == 0);
-  REQUIRE(last_json_line(push.out)["layers"].get<int>() >= 2);
+  REQUIRE(push_prefix(prefix, env)["layers"].get<int>() >= 2);
   write_file(prefix / "lib/python3.11/os.py", "# the host's\n");
   const std::string os_py = (prefix / "lib/python3.11/os.py").string();
 

@@ -463,27 +463,10 @@ void make_old_store(const fs::path& dir, const oci::Digest& old_layer) {
   fs::create_directories(dir);
   RawDb raw(dir / "state.sqlite");
   raw.exec("PRAGMA journal_mode=WAL");
-  raw.exec(R"sql(
-CREATE TABLE images(
-  manifest TEXT PRIMARY KEY,
-  media_type TEXT NOT NULL,
-  manifest_size INTEGER NOT NULL,
-  config_digest TEXT NOT NULL,
-  config_media_type TEXT NOT NULL,
-  config_size INTEGER NOT NULL,
-  config_json TEXT NOT NULL,
-  layers TEXT NOT NULL,
-  pulled_at INTEGER NOT NULL,
-  last_used INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE refs(
-  reference TEXT PRIMARY KEY,
-  manifest TEXT NOT NULL,
-  updated INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE layers(diff_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, entries INTEGER NOT NULL)
-  WITHOUT ROWID;
-)sql");
+  // Only the layers table changed; open() creates the others as ever.
+  raw.exec(
+      "CREATE TABLE layers(diff_id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, entries INTEGER NOT "
+      "NULL) WITHOUT ROWID");
   std::string insert =
       "INSERT INTO layers(diff_id, bytes, entries) VALUES('" + old_layer.str() + "', 123, 4)";
   raw.exec(insert.c_str());
