@@ -417,8 +417,9 @@ struct NodeDaemon::Impl {
       auto list = store->list_images();
       if (!list) return out;
       for (const auto& i : *list)
-        out.push_back(StoredImage{i.manifest_digest.str(), i.references, i.size_bytes, i.in_use,
-                                  i.pulled_at, i.last_used});
+        out.push_back(StoredImage{
+            i.manifest_digest.str(), i.references, i.size_bytes, i.in_use, i.pulled_at, i.last_used,
+            std::string(to_string(assembly_kind(*store, i.manifest_digest)))});
       return out;
     };
     s.workers = [this] {

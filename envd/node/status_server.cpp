@@ -103,7 +103,8 @@ std::string render_images_json(const std::vector<TrackedImage>& tracked,
                      {"size_bytes", i.size_bytes},
                      {"in_use", i.in_use},
                      {"pulled_at", time_or_null(i.pulled_at)},
-                     {"last_used", time_or_null(i.last_used)}});
+                     {"last_used", time_or_null(i.last_used)},
+                     {"assembly", i.assembly}});
   return json{{"tracked", t}, {"stored", s}}.dump(2) + "\n";
 }
 

@@ -33,6 +33,7 @@ struct StoredImage {
   bool in_use = false;
   std::int64_t pulled_at = 0;
   std::int64_t last_used = 0;
+  std::string assembly;  // "overlay" | "hardlink" (env_assembly.hpp)
 };
 
 // A configured worker: waiting for its image, or supervised.

@@ -334,6 +334,7 @@ TEST_CASE(
   auto stored = node.get("/v1/images")["stored"][0];
   CHECK(stored["manifest_digest"] == v2);
   CHECK(stored["in_use"] == true);
+  CHECK(stored["assembly"] == "overlay");
   // The workers ran from an overlay of the layers, mounted in the daemon's own namespace: on the
   // host the environment's rootfs is an empty mount point; the evicted one's mount went with it.
   const fs::path env_dir = s.dir / "node/envs" / v2.substr(std::string("sha256:").size());

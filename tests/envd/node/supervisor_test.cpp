@@ -343,8 +343,13 @@ TEST_CASE("status server: health, workers, images and metrics of a live supervis
                                       1700000000}};
   };
   source.stored_images = [] {
-    return std::vector<StoredImage>{
-        {"sha256:aaaa", {"127.0.0.1:5000/team/env:v1"}, 1234, true, 1700000000, 1700000100}};
+    return std::vector<StoredImage>{{"sha256:aaaa",
+                                     {"127.0.0.1:5000/team/env:v1"},
+                                     1234,
+                                     true,
+                                     1700000000,
+                                     1700000100,
+                                     "overlay"}};
   };
   source.workers = [&] {
     std::vector<WorkerView> out{
@@ -401,6 +406,7 @@ TEST_CASE("status server: health, workers, images and metrics of a live supervis
   CHECK(images["tracked"][0]["workers"] == nlohmann::json::array({"dask", "other"}));
   CHECK(images["stored"][0]["size_bytes"] == 1234);
   CHECK(images["stored"][0]["in_use"] == true);
+  CHECK(images["stored"][0]["assembly"] == "overlay");
 
   auto metrics = http.Get("/metrics");
   REQUIRE(metrics);
