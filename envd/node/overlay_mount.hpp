@@ -21,7 +21,9 @@ namespace envd::node {
 // refuses a user namespace to a threaded process), i.e. early in main.
 // Errors: failed_precondition naming the step and why (threads running; user namespaces
 // disabled: kernel.unprivileged_userns_clone, user.max_user_namespaces, an AppArmor or SELinux
-// policy); the process is left unchanged when unshare itself failed.
+// policy; not tried where kernel.apparmor_restrict_unprivileged_userns is 1, as on Ubuntu 24.04,
+// whose namespace would lack the capability to mount); the process is left unchanged when unshare
+// itself failed, and is in the new namespaces (without a mount) when a later step failed.
 Result<void> enter_private_mount_namespace();
 
 // Whether enter_private_mount_namespace() succeeded in this process.
