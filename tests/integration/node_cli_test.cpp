@@ -282,6 +282,19 @@ TEST_CASE("node run shows an environment by overlay mount, seen only by envd and
   auto overlay_run =
       envd({"node", "run", "team/env:v1", "--data", fresh.string(), "--", "cat", os_py}, env);
   CHECK(overlay_run.out == "# os\n");
+  // Where the mount fails, the run builds the tree and says so. (Here a record naming one layer
+  // twice: the kernel wants two distinct ones.)
+  const fs::path fresh_env = fs::directory_iterator(fresh / "envs")->path();
+  auto record = json::parse(read_file(fresh_env / "overlay.json"));
+  const json top = record["layers"].back();
+  record["layers"] = json::array({top, top});
+  write_file(fresh_env / "overlay.json", record.dump());
+  auto fallback = envd({"node", "run", "team/env:v1", "--data", fresh.string(), "--", "true"}, env);
+  CHECK(fallback.exit_code == 0);
+  CHECK(fallback.err.find("overlay mount failed") != std::string::npos);
+  CHECK(!is_empty_dir(fresh_env / "rootfs"));
+  CHECK(last_json_line(envd({"node", "ls", "--json", "--data", fresh.string()}, env)
+                           .out)["images"][0]["assembly"] == "hardlink");
   auto gc =
       envd({"node", "gc", "--data", fresh.string(), "--quota", "0", "--grace", "0", "--json"}, env);
   INFO("gc stderr: " << gc.err);
