@@ -283,3 +283,19 @@ TEST_CASE("the envd executable allocates with jemalloc configured for huge pages
   CHECK(all.find("opt.thp: \"always\"") != std::string::npos);
   CHECK(all.find("opt.narenas: 1\n") != std::string::npos);
 }
+
+TEST_CASE("the envd executable loads libgit2 and libarchive only when a command uses them") {
+  // envd/util/lazy_library.hpp: linked directly again, every command would pay ~10 ms at start
+  // to load and relocate them and the libraries they bring in.
+  auto r = run_command({"readelf", "-d", envd_binary()});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("(NEEDED)") != std::string::npos);
+  CHECK(r.out.find("libgit2") == std::string::npos);
+  CHECK(r.out.find("libarchive") == std::string::npos);
+  // A command that needs neither starts without them (the dynamic loader lists what it loads).
+  auto loaded = run_command({envd_binary(), "version"}, {{"LD_DEBUG", "libs"}});
+  REQUIRE(loaded.exit_code == 0);
+  CHECK(loaded.err.find("libjemalloc") != std::string::npos);
+  CHECK(loaded.err.find("libgit2") == std::string::npos);
+  CHECK(loaded.err.find("libarchive") == std::string::npos);
+}
