@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes a C++ file defining, for each named function of a C library, a function with the
 library's own signature (read from its headers) that forwards to the library loaded on first use
-(envd/util/lazy_library.hpp). Regenerate after adding a call to such a library:
+(envd/util/lazy_library.hpp). packaging/gen-lazy-stubs.sh runs it for each such library; add a
+function there when envd starts calling it. Usage:
 
   packaging/gen-lazy-stubs.py SONAME_MACRO OUT.cpp HEADER... -- FUNCTION...
 
@@ -28,10 +29,6 @@ def declarations(headers):
     for m in re.finditer(r"(?:__LA_DECL|GIT_EXTERN\(([^)]*)\))\s*([^;(]*?)\b(\w+)\s*\(([^;]*?)\)\s*"
                          r"(?:__LA_PRINTF\([^)]*\)\s*)?;", text, flags=re.S):
         ret = (m.group(1) or m.group(2)).strip()
-        if m.group(1):
-            ret = m.group(1).strip()
-        else:
-            ret = m.group(2).strip()
         name, params = m.group(3), " ".join(m.group(4).split())
         out[name] = (ret, params)
     return out

@@ -2,7 +2,7 @@
 // every envd command otherwise pays for loading and relocating libraries (and what they bring in)
 // that only some commands use. On these VMs, where each first touch of a page traps to the
 // hypervisor, libgit2 and libarchive with their dependencies cost about 10 ms of every start
-// (tests/bench/README.md). For each such library a generated file (packaging/gen-lazy-stubs.py)
+// (tests/bench/README.md). For each such library a generated file (packaging/gen-lazy-stubs.sh)
 // defines the functions envd calls, with the library's own signatures, each forwarding through
 // ENVD_LAZY_FORWARD; the envd executable then does not link the library at all.
 #pragma once
