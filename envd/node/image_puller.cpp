@@ -1,7 +1,7 @@
 // ImagePuller: reference -> manifest (platform chosen from an index) -> verified config -> layers
 // fetched in parallel, each teed into a resumable ingest file and a streaming unpacker -> rootfs
 // assembled by hardlinks, or recorded as an overlay of the layers -> image recorded. Per-digest
-// locks make concurrent pulls share work.
+// locks make concurrent pulls share work. Where manifests and blobs come from: image_origin.hpp.
 #include "envd/node/image_puller.hpp"
 
 #include <algorithm>
@@ -11,83 +11,19 @@
 #include <mutex>
 #include <thread>
 
+#include "envd/node/image_origin.hpp"
 #include "envd/node/rootfs_assembler.hpp"
 #include "envd/util/atomic_file.hpp"
-#include "envd/util/json_detail.hpp"
 #include "envd/util/log.hpp"
 
 namespace envd::node {
 namespace {
 
-constexpr std::size_t k_copy_buffer = 256 * 1024;
+using detail::Origin;
+
 // Deferred commits older than this are settled by the next pull: by then the kernel has written
 // their data back (dirty pages expire after 30 s by default), so the syncfs() costs little.
 constexpr std::chrono::seconds k_settle_age{60};
-
-// Where manifests and blobs come from: a registry repository or a local store.
-class Origin {
- public:
-  virtual ~Origin() = default;
-  virtual Result<registry::Manifest> manifest(const std::string& reference) = 0;
-  // Streams the blob into `writer` after the bytes it already holds, then commits it (verified).
-  virtual Result<registry::FetchResult> fetch(const oci::Descriptor& blob,
-                                              store::BlobWriter& writer) = 0;
-};
-
-class RegistryOrigin final : public Origin {
- public:
-  RegistryOrigin(registry::RegistryClient& client, std::string repository)
-      : m_client(client), m_repository(std::move(repository)) {}
-  Result<registry::Manifest> manifest(const std::string& reference) override {
-    return m_client.get_manifest(m_repository, reference);
-  }
-  Result<registry::FetchResult> fetch(const oci::Descriptor& blob,
-                                      store::BlobWriter& writer) override {
-    return m_client.fetch_blob_to_writer(m_repository, blob.digest, blob.size, writer);
-  }
-
- private:
-  registry::RegistryClient& m_client;
-  std::string m_repository;
-};
-
-class LocalOrigin final : public Origin {
- public:
-  explicit LocalOrigin(std::unique_ptr<registry::ImageSource> source)
-      : m_source(std::move(source)) {}
-  Result<registry::Manifest> manifest(const std::string& reference) override {
-    return m_source->manifest(reference);
-  }
-  Result<registry::FetchResult> fetch(const oci::Descriptor& blob,
-                                      store::BlobWriter& writer) override {
-    const std::string what = "read blob " + blob.digest.str() + " from " + m_source->describe();
-    auto reader = m_source->open_blob(blob);
-    if (!reader) return reader.error().with_context(what);
-    registry::FetchResult result;
-    std::uint64_t skip = writer.written();  // held from an earlier, interrupted copy
-    std::string buffer(k_copy_buffer, '\0');
-    for (;;) {
-      auto n = (*reader)->read(buffer.data(), buffer.size());
-      if (!n) return n.error().with_context(what);
-      if (*n == 0) break;
-      std::string_view data(buffer.data(), *n);
-      std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip, data.size()));
-      data.remove_prefix(drop);
-      skip -= drop;
-      if (data.empty()) continue;
-      if (writer.written() + data.size() > blob.size)
-        return Error(ErrorCode::digest_mismatch,
-                     what + ": longer than the " + std::to_string(blob.size) + " bytes expected");
-      if (auto w = writer.write(data); !w) return w.error().with_context(what);
-      result.bytes_fetched += data.size();
-    }
-    if (auto c = writer.commit(blob.digest, blob.size); !c) return c.error().with_context(what);
-    return result;
-  }
-
- private:
-  std::unique_ptr<registry::ImageSource> m_source;
-};
 
 // Feeds each downloaded chunk to the ingest writer and to the unpacker, and counts progress.
 class TeeWriter final : public store::BlobWriter {
@@ -115,44 +51,6 @@ class TeeWriter final : public store::BlobWriter {
 // Errors after which the partial bytes are still good to resume from.
 bool keeps_partial(const Error& e) {
   return e.code() == ErrorCode::unavailable || e.code() == ErrorCode::cancelled;
-}
-
-struct Resolved {
-  registry::Manifest manifest;  // an image manifest
-  oci::ManifestInfo info;
-  std::uint64_t bytes = 0;  // manifest bytes received (index included)
-};
-
-// The image manifest for `os`/`arch` in an index or manifest list.
-// https://github.com/opencontainers/image-spec/blob/v1.1.0/image-index.md
-Result<oci::Digest> choose_platform(const registry::Manifest& index, const std::string& os,
-                                    const std::string& arch) {
-  const std::string what = "index " + index.digest.str();
-  ENVD_TRY(auto doc, json::parse(index.bytes, what));
-  std::vector<std::string> seen;
-  std::optional<oci::Digest> only_unlabelled;
-  std::size_t entries = 0;
-  try {
-    for (const auto& m : doc.at("manifests")) {
-      ++entries;
-      ENVD_TRY(auto digest, oci::Digest::parse(m.at("digest").get<std::string>()));
-      if (!m.contains("platform")) {
-        only_unlabelled = digest;
-        continue;
-      }
-      const auto& p = m.at("platform");
-      std::string mos = p.value("os", ""), march = p.value("architecture", "");
-      if (mos == os && march == arch) return digest;
-      seen.push_back(mos + "/" + march);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return Error(ErrorCode::invalid_argument, what + ": " + e.what());
-  }
-  if (entries == 1 && only_unlabelled) return *only_unlabelled;
-  std::string have;
-  for (const auto& s : seen) have += (have.empty() ? "" : ", ") + s;
-  return Error(ErrorCode::not_found, what + " has no manifest for " + os + "/" + arch +
-                                         " (it has: " + (have.empty() ? "none" : have) + ")");
 }
 
 }  // namespace
@@ -191,39 +89,14 @@ struct ImagePuller::Impl {
         return Error(ErrorCode::failed_precondition,
                      ref.str() + " names the local store, and no local store is available");
       ENVD_TRY(auto source, options.local_source(ref));
-      return std::unique_ptr<Origin>(std::make_unique<LocalOrigin>(std::move(source)));
+      return detail::local_origin(std::move(source));
     }
     std::lock_guard guard(clients_mutex);
     auto& client = clients[ref.host];
     if (!client) {
       ENVD_TRY(client, registry::RegistryClient::create(ref.host, options.client));
     }
-    return std::unique_ptr<Origin>(std::make_unique<RegistryOrigin>(*client, ref.repository));
-  }
-
-  // The image manifest `ref` names; an index is resolved to this platform's manifest (fetched
-  // only when `fetch_child`).
-  Result<Resolved> resolve_manifest(Origin& origin, const registry::Reference& ref,
-                                    bool fetch_child) {
-    ENVD_TRY(auto top, origin.manifest(ref.reference()));
-    Resolved out{top, {}, top.bytes.size()};
-    ENVD_TRY(out.info, oci::parse_manifest(top.bytes, top.media_type));
-    if (!out.info.is_index) return out;
-    ENVD_TRY(auto child, choose_platform(top, options.os, options.architecture));
-    if (!fetch_child) {
-      out.manifest.digest = child;
-      return out;
-    }
-    ENVD_TRY(out.manifest, origin.manifest(child.str()));
-    if (out.manifest.digest != child)
-      return Error(ErrorCode::digest_mismatch,
-                   "manifest " + child.str() + " hashes to " + out.manifest.digest.str());
-    out.bytes += out.manifest.bytes.size();
-    ENVD_TRY(out.info, oci::parse_manifest(out.manifest.bytes, out.manifest.media_type));
-    if (out.info.is_index)
-      return Error(ErrorCode::invalid_argument,
-                   "index " + top.digest.str() + " names another index " + child.str());
-    return out;
+    return detail::registry_origin(*client, ref.repository);
   }
 
   // A blob already in the store must also have the size its descriptor says (same digest, so a
@@ -468,7 +341,8 @@ struct ImagePuller::Impl {
     auto started = std::chrono::steady_clock::now();
     ENVD_TRY(auto origin, origin_for(ref));
     ENVD_TRY(auto pulls, store.lock_pulls_shared());
-    ENVD_TRY(auto resolved, resolve_manifest(*origin, ref, true));
+    ENVD_TRY(auto resolved,
+             detail::resolve_manifest(*origin, ref, options.os, options.architecture, true));
     const auto& manifest = resolved.manifest;
     const auto& info = resolved.info;
     if (!info.config)
@@ -587,7 +461,8 @@ Result<oci::Digest> ImagePuller::resolve(const std::string& reference) {
   if (!ref) return ref.error();
   auto run = [&]() -> Result<oci::Digest> {
     ENVD_TRY(auto origin, m_impl->origin_for(*ref));
-    ENVD_TRY(auto resolved, m_impl->resolve_manifest(*origin, *ref, false));
+    ENVD_TRY(auto resolved, detail::resolve_manifest(*origin, *ref, m_impl->options.os,
+                                                     m_impl->options.architecture, false));
     return resolved.manifest.digest;
   };
   auto out = run();
