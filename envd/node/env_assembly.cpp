@@ -16,6 +16,7 @@
 #include "envd/node/rootfs_assembler.hpp"
 #include "envd/util/atomic_file.hpp"
 #include "envd/util/log.hpp"
+#include "envd/util/unique_fd.hpp"
 
 namespace envd::node {
 namespace {
@@ -78,12 +79,10 @@ Result<void> build_tree(NodeStore& store, const oci::Digest& manifest,
   ENVD_TRY(auto stats, assemble_rootfs(layer_dirs(store, diff_ids), tree));
   (void)stats;
   // The tree's directories and links are on disk before it takes the mount point's place.
-  int fd = ::open(staging.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Error::from_errno("open " + staging.path().string(), errno);
-  int rc = ::syncfs(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return Error::from_errno("sync " + staging.path().string(), err);
+  UniqueFd dir(::open(staging.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) return Error::from_errno("open " + staging.path().string(), errno);
+  if (::syncfs(dir.get()) != 0)
+    return Error::from_errno("syncfs " + staging.path().string(), errno);
   if (::rename(tree.c_str(), rootfs.c_str()) != 0)
     return Error::from_errno("rename " + tree.string() + " to " + rootfs.string(), errno);
   ENVD_TRY_VOID(fsync_directory(store.env_dir(manifest)));

@@ -10,9 +10,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <mutex>
 #include <string>
+
+#include "envd/util/atomic_file.hpp"  // read_file
 
 namespace envd::node {
 namespace {
@@ -27,14 +28,6 @@ constexpr std::size_t k_max_mount_data = 4095;
 
 std::string errno_text(int err) {
   return std::strerror(err);
-}
-
-// The first line of a small file, without its newline; "" when it cannot be read.
-std::string read_first_line(const char* path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
 }
 
 Result<void> write_proc_file(const char* path, const std::string& text) {
@@ -70,7 +63,8 @@ Result<void> enter_locked() {
   if (as_user) {
     // Ubuntu's AppArmor lets the unshare succeed but then withholds the capabilities (no mount),
     // which would leave this process (and the bubblewrap it starts) in a namespace for nothing.
-    if (read_first_line("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1")
+    if (auto restricted = read_file("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
+        restricted && restricted->starts_with('1'))
       return Error(ErrorCode::failed_precondition,
                    "AppArmor restricts unprivileged user namespaces here "
                    "(kernel.apparmor_restrict_unprivileged_userns = 1)");
